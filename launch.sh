@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# mlx_research launcher.
+#
+#   ./launch.sh EXPERIMENT.py[:ARG] [--workdir=DIR] [--mode=train|eval] [--config.KEY=VALUE ...]
+#   ./launch.sh test [PYTEST_ARGS...]          run the test suite
+#   ./launch.sh bench [BENCH_ARGS...]          run benchmarks (python -m benchmarks.run)
+#
+# Multi-host (every host runs the same command; jax.distributed.initialize() finds its peers):
+#   ./launch.sh EXPERIMENT.py --tpu=NAME --zone=ZONE [--project=P] [flags]
+#       runs on every worker of a Cloud TPU VM (gcloud compute tpus tpu-vm ssh --worker=all);
+#       the repository must sit at the same path on each worker (git clone it there first).
+#   ./launch.sh EXPERIMENT.py --slurm [flags]
+#       runs one process per SLURM task through `srun` inside an allocation (salloc/sbatch).
+#
+# The first call creates ./.venv (unless a virtualenv or conda env is active, or MLX_PYTHON
+# names an interpreter) and installs the package with its test extra; later calls reuse it.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+
+die() { echo "launch.sh: $*" >&2; exit 2; }
+
+pick_python() {
+  if [[ -n "${MLX_PYTHON:-}" ]]; then PY="$MLX_PYTHON"
+  elif [[ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ]]; then PY="$(command -v python)"
+  else
+    if [[ ! -x .venv/bin/python ]]; then
+      echo "launch.sh: creating .venv (first use)" >&2
+      python3 -m venv .venv || die "could not create .venv with python3 -m venv"
+    fi
+    PY="$ROOT/.venv/bin/python"
+  fi
+}
+
+ensure_installed() {
+  local stamp=".install-stamp" want
+  want="$("$PY" -c 'import sys; print(sys.executable)') $(sha256sum pyproject.toml | cut -c1-16)"
+  if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    echo "launch.sh: installing mlx_research and its dependencies into $("$PY" -c 'import sys; print(sys.prefix)')" >&2
+    "$PY" -m pip install -q --disable-pip-version-check -e ".[test]" || die "pip install failed"
+    echo "$want" > "$stamp"
+  fi
+}
+
+[[ $# -ge 1 ]] || { sed -n '2,18p' "$0"; exit 2; }
+pick_python
+ensure_installed
+
+case "$1" in
+  test)  shift; exec "$PY" -m pytest "$@" ;;
+  bench) shift; exec "$PY" -m benchmarks.run "$@" ;;
+  -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+esac
+
+EXPERIMENT="$1"; shift
+[[ -f "${EXPERIMENT%%:*}" ]] || die "experiment config not found: ${EXPERIMENT%%:*}"
+
+TPU="" ZONE="" PROJECT="" SLURM=0 WORKDIR="" PASS=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --tpu=*) TPU="${1#*=}" ;;
+    --tpu) TPU="$2"; shift ;;
+    --zone=*) ZONE="${1#*=}" ;;
+    --zone) ZONE="$2"; shift ;;
+    --project=*) PROJECT="${1#*=}" ;;
+    --slurm) SLURM=1 ;;
+    --workdir=*) WORKDIR="${1#*=}" ;;
+    --workdir) WORKDIR="$2"; shift ;;
+    *) PASS+=("$1") ;;
+  esac
+  shift
+done
+if [[ -z "$WORKDIR" ]]; then
+  name="${EXPERIMENT%%:*}"; name="${name#experiments/}"; name="${name%.py}"
+  WORKDIR="workdirs/${name//\//_}"
+fi
+
+CMD=(-m mlx_research.main "--config=$EXPERIMENT" "--workdir=$WORKDIR" "${PASS[@]}")
+
+if [[ -n "$TPU" ]]; then
+  [[ -n "$ZONE" ]] || die "--tpu needs --zone"
+  remote="cd $(printf %q "$ROOT") && ./launch.sh $(printf '%q ' "$EXPERIMENT" "--workdir=$WORKDIR" "${PASS[@]}") --multihost"
+  echo "launch.sh: on every worker of TPU $TPU ($ZONE): $remote" >&2
+  exec gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" ${PROJECT:+--project="$PROJECT"} --worker=all --command="$remote"
+elif [[ "$SLURM" == 1 ]]; then
+  command -v srun >/dev/null || die "--slurm needs srun on PATH (run inside salloc/sbatch)"
+  echo "launch.sh: srun $PY ${CMD[*]} --multihost" >&2
+  exec srun "$PY" "${CMD[@]}" --multihost
+fi
+exec "$PY" "${CMD[@]}"

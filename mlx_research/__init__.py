@@ -1,0 +1,1 @@
+"""mlx_research: JAX/Flax building blocks, losses, models and one generic trainer."""

@@ -1,0 +1,124 @@
+"""Regression losses with ``torch.nn.functional`` semantics, and the shared reduction.
+
+``reduce_loss`` is the one reduction every loss in ``mlx_research.losses`` goes through, so
+that ``reduction="mean"|"sum"|"none"`` and its error message are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def reduce_loss(
+    loss: ArrayLike,
+    reduction: str = "mean",
+    normalizer: ArrayLike | None = None,
+) -> jax.Array:
+    """Reduces an element-wise loss as torch does.
+
+    Args:
+      loss: [...] element-wise loss.
+      reduction: "mean", "sum" or "none"; anything else raises ``ValueError``.
+      normalizer: for "mean", divide the sum by this instead of ``loss.size`` (e.g. the sum
+        of class weights of non-ignored targets). A zero normalizer gives 0 with zero
+        gradients where torch gives NaN.
+
+    Returns:
+      A scalar for "mean"/"sum", ``loss`` unchanged for "none".
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"{reduction!r} is not a valid value for reduction; expected one of {REDUCTIONS}"
+        )
+    loss = jnp.asarray(loss)
+    if reduction == "none":
+        return loss
+    total = jnp.sum(loss)
+    if reduction == "sum":
+        return total
+    if normalizer is None:
+        return total / loss.size
+    return total / jnp.where(normalizer == 0, 1, normalizer)
+
+
+def l1_loss(input: ArrayLike, target: ArrayLike, reduction: str = "mean") -> jax.Array:
+    """Mean absolute error ``|input - target|`` (torch ``F.l1_loss``).
+
+    The gradient at ``input == target`` is torch's ``sign(0) = 0`` (``jnp.abs`` would give 1).
+
+    Args:
+      input: [...] predictions.
+      target: [...] broadcastable to ``input``.
+      reduction: "mean" | "sum" | "none".
+
+    Returns:
+      Scalar, or [...] for "none".
+    """
+    diff = jnp.asarray(input) - jnp.asarray(target)
+    return reduce_loss(diff * jnp.sign(diff), reduction)
+
+
+def mse_loss(input: ArrayLike, target: ArrayLike, reduction: str = "mean") -> jax.Array:
+    """Mean squared error ``(input - target)^2`` (torch ``F.mse_loss``) via ``optax.squared_error``.
+
+    Args:
+      input: [...] predictions.
+      target: [...] broadcastable to ``input``.
+      reduction: "mean" | "sum" | "none".
+
+    Returns:
+      Scalar, or [...] for "none".
+    """
+    return reduce_loss(optax.squared_error(jnp.asarray(input), jnp.asarray(target)), reduction)
+
+
+def huber_loss(
+    input: ArrayLike, target: ArrayLike, reduction: str = "mean", delta: float = 1.0
+) -> jax.Array:
+    """Huber loss (torch ``F.huber_loss``, via ``optax.huber_loss``).
+
+    ``0.5 x^2`` for ``|x| < delta``, else ``delta (|x| - 0.5 delta)``, with ``x = input - target``.
+
+    Args:
+      input: [...] predictions.
+      target: [...] broadcastable to ``input``.
+      reduction: "mean" | "sum" | "none".
+      delta: positive threshold between the quadratic and linear parts.
+
+    Returns:
+      Scalar, or [...] for "none".
+    """
+    if delta <= 0:
+        raise ValueError(f"huber_loss needs delta > 0, got {delta}")
+    loss = optax.huber_loss(jnp.asarray(input), jnp.asarray(target), delta=delta)
+    return reduce_loss(loss, reduction)
+
+
+def smooth_l1_loss(
+    input: ArrayLike, target: ArrayLike, reduction: str = "mean", beta: float = 1.0
+) -> jax.Array:
+    """Smooth L1 loss (torch ``F.smooth_l1_loss``): Huber loss divided by ``beta``.
+
+    ``0.5 x^2 / beta`` for ``|x| < beta``, else ``|x| - 0.5 beta``; ``beta=0`` is exactly L1
+    as in torch. The gradient at ``|x| = beta`` is ``sign(x)`` from both sides.
+
+    Args:
+      input: [...] predictions.
+      target: [...] broadcastable to ``input``.
+      reduction: "mean" | "sum" | "none".
+      beta: non-negative threshold (torchvision detection uses 1/9).
+
+    Returns:
+      Scalar, or [...] for "none".
+    """
+    if beta < 0:
+        raise ValueError(f"smooth_l1_loss does not support negative values for beta, got {beta}")
+    if beta == 0:
+        return l1_loss(input, target, reduction)
+    loss = optax.huber_loss(jnp.asarray(input), jnp.asarray(target), delta=beta) / beta
+    return reduce_loss(loss, reduction)

@@ -1,0 +1,124 @@
+"""Experiment config schema: the trainer's fields, the task's fields, and validation.
+
+An experiment file builds its config from `default_config(task)` and changes what it needs; the
+trainer calls `validate(config)` before anything compiles, so a misspelt key or a wrong type fails
+with one line that names the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from mlx_research.train.tasks import get_task
+
+
+class ConfigError(ValueError):
+    """A config problem, reported as one line naming the key."""
+
+
+def trainer_defaults() -> ml_collections.ConfigDict:
+    """Fields every experiment has, with their meaning."""
+    c = ml_collections.ConfigDict()
+    c.task = ""  # task module under mlx_research/train/tasks/ (e.g. "seq2seq")
+    c.seed = 0  # seeds parameters, dropout and data order
+    c.total_steps = 1000  # optimizer steps of the run
+    c.batch_size = 64  # global batch (all hosts, all devices)
+    c.grad_accum_steps = 1  # split each batch into this many sequential micro-batches
+    c.compute_dtype = "float32"  # "float32" | "bfloat16" (activations; parameters stay float32)
+    c.log_every = 50  # console + metrics.jsonl every N steps
+    c.eval_every = 500  # evaluation every N steps and at the end (0 = only at the end)
+    c.image_every = 0  # task images (PNG + TensorBoard) at evaluation if > 0
+    c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1, "stage": 1})  # -1 = the rest
+    c.sharding_rules = "default"  # "default" | "fsdp": logical-axis rules (mlx_research.parallel)
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 500  # save every N steps, and always at the end
+    c.checkpoint.keep = 3  # keep the last K checkpoints
+    c.checkpoint.async_save = True  # write in a background thread while training goes on
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"  # "adamw" | "sgd" (momentum)
+    c.optim.lr = 1e-3  # peak learning rate
+    c.optim.schedule = "cosine"  # "cosine" | "step" | "constant", after linear warmup
+    c.optim.warmup_steps = 0
+    c.optim.end_lr_factor = 0.0  # cosine: final lr = lr * end_lr_factor
+    c.optim.decay_boundaries = ()  # step: steps at which lr *= decay_factor
+    c.optim.decay_factor = 0.1
+    c.optim.b1 = 0.9  # adamw
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.momentum = 0.9  # sgd (0 = plain SGD)
+    c.optim.nesterov = False
+    c.optim.weight_decay = 0.0  # decoupled (adamw) or L2-style added to gradients (sgd)
+    c.optim.wd_exclude = (r"(^|/)bias$", r"(^|/)scale$", r"(?i)norm")  # regexes without decay
+    c.optim.grad_clip_norm = 0.0  # global-norm clipping if > 0
+    c.optim.lr_multipliers = ml_collections.ConfigDict()  # {path regex: lr factor}
+    return c
+
+
+def default_config(task: str) -> ml_collections.ConfigDict:
+    """Trainer fields plus `model`, `data` and `eval` from the task's `default_config()`."""
+    c = trainer_defaults()
+    c.task = task
+    task_defaults = get_task(task).default_config()
+    for key in task_defaults:
+        c[key] = task_defaults[key]
+    return c
+
+
+_NUMBER = (int, float)
+_CHOICES = {
+    "compute_dtype": ("float32", "bfloat16"),
+    "optim.name": ("adamw", "sgd"),
+    "optim.schedule": ("cosine", "step", "constant"),
+}
+
+
+def _check(config: Any, reference: Any, prefix: str) -> None:
+    for key in config.keys():
+        name = f"{prefix}{key}"
+        if key not in reference:
+            raise ConfigError(f"config: unknown key {name!r}")
+        got, want = config[key], reference[key]
+        if isinstance(want, ml_collections.ConfigDict):
+            if not isinstance(got, ml_collections.ConfigDict):
+                raise ConfigError(
+                    f"config: {name!r} must be a ConfigDict, got {type(got).__name__}"
+                )
+            if key != "lr_multipliers":  # a free-form {regex: factor} map
+                _check(got, want, name + ".")
+        elif isinstance(want, bool) or isinstance(got, bool):
+            if type(got) is not type(want):
+                raise ConfigError(f"config: {name!r} must be {type(want).__name__}, got {got!r}")
+        elif isinstance(want, _NUMBER) and isinstance(got, _NUMBER):
+            if isinstance(want, int) and not isinstance(got, int):
+                raise ConfigError(f"config: {name!r} must be int, got {got!r}")
+        elif (
+            want is not None
+            and got is not None
+            and not isinstance(got, type(want))
+            and not (isinstance(want, (tuple, list)) and isinstance(got, (tuple, list)))
+        ):
+            raise ConfigError(f"config: {name!r} must be {type(want).__name__}, got {got!r}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError (one line) on unknown keys, wrong types and inconsistent values."""
+    if not config.get("task"):
+        raise ConfigError("config: 'task' is not set")
+    _check(config, default_config(config.task), "")
+    for key in ("total_steps", "batch_size", "grad_accum_steps", "log_every"):
+        if config[key] < 1:
+            raise ConfigError(f"config: {key!r} must be >= 1, got {config[key]}")
+    if config.batch_size % config.grad_accum_steps:
+        raise ConfigError(
+            f"config: batch_size={config.batch_size} is not divisible by "
+            f"grad_accum_steps={config.grad_accum_steps}"
+        )
+    for key, choices in _CHOICES.items():
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        if value not in choices:
+            raise ConfigError(f"config: {key!r} must be one of {', '.join(choices)}; got {value!r}")
+    get_task(config.task).validate_config(config)

@@ -1,0 +1,284 @@
+"""The generic trainer: one path from config to checkpoints and metrics for every task.
+
+Reads top to bottom: config -> mesh -> task and input -> abstract state and shardings ->
+optimizer -> jitted steps -> checkpoint restore -> training loop (logging, evaluation,
+checkpoints, preemption, non-finite guard).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mlx_research.data.pipeline import make_eval_iterator, make_train_iterator, to_global_batch
+from mlx_research.parallel.mesh import create_mesh
+from mlx_research.parallel.sharding import batch_sharding, get_rules, logical_shardings
+from mlx_research.train import config as config_lib
+from mlx_research.train.checkpoint import Checkpointer, abstract_like
+from mlx_research.train.metrics import MetricWriter, ProgressLogger
+from mlx_research.train.optim import make_optimizer
+from mlx_research.train.state import TrainState
+from mlx_research.train.step import make_eval_step, make_train_step
+from mlx_research.train.tasks import get_task
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss, gradient or parameter; the run stopped."""
+
+
+class Trainer:
+    """Builds everything a run needs from `config` and owns `workdir` (checkpoints, metrics)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        # ---------------------------------------------------------------- config
+        config_lib.validate(config)
+        self.config, self.workdir = config, workdir
+        self.is_primary = jax.process_index() == 0
+
+        # ---------------------------------------------------------------- mesh
+        try:
+            self.mesh = create_mesh(dict(config.mesh))
+        except ValueError as e:
+            raise config_lib.ConfigError(f"config: mesh: {e}") from None
+        self.rules = get_rules(config.sharding_rules)
+        data_shards = self.mesh.shape["data"]
+        micro_batch = config.batch_size // config.grad_accum_steps
+        if micro_batch % data_shards:
+            raise config_lib.ConfigError(
+                f"config: batch_size / grad_accum_steps = {micro_batch} is not divisible by the "
+                f"{data_shards} data-parallel devices of mesh {dict(self.mesh.shape)}"
+            )
+
+        # ---------------------------------------------------------------- task and input
+        dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+        self.task = get_task(config.task)(config, dtype)
+        self.batch_sharding = batch_sharding(self.mesh)
+        example = self.task.train_source()[0]
+        self.init_batch = {k: np.stack([np.asarray(v)] * data_shards) for k, v in example.items()}
+
+        # ---------------------------------------------------------------- state and shardings
+        with self.mesh_context():
+            boxed = jax.eval_shape(self.task.init_variables, jax.random.PRNGKey(0), self.init_batch)
+            variable_shardings = logical_shardings(boxed, self.mesh, self.rules)
+        abstract_params = nn.meta.unbox(boxed)["params"]  # outside the mesh: no constraints
+        self.tx, self.schedule = make_optimizer(config.optim, abstract_params, config.total_steps)
+        replicated = NamedSharding(self.mesh, P())
+        abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+        opt_shardings = optax.tree_map_params(
+            self.tx,
+            lambda _, s: s,
+            abstract_opt,
+            variable_shardings["params"],
+            transform_non_params=lambda _: replicated,
+            is_leaf=lambda x: isinstance(x, NamedSharding),
+        )
+        self.state_shardings = TrainState(
+            step=replicated,
+            params=variable_shardings["params"],
+            model_state={k: v for k, v in variable_shardings.items() if k != "params"},
+            opt_state=opt_shardings,
+            rng=replicated,
+            bad_step=replicated,
+        )
+
+        # ---------------------------------------------------------------- jitted steps
+        self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+        self.train_step = jax.jit(
+            make_train_step(self.task, self.tx, self.schedule, config.grad_accum_steps),
+            in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, replicated),
+            donate_argnums=0,
+        )
+        self.eval_step = jax.jit(
+            make_eval_step(self.task),
+            in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=replicated,
+        )
+        self.checkpointer = Checkpointer(
+            os.path.join(workdir, "checkpoints"),
+            keep=config.checkpoint.keep,
+            async_save=config.checkpoint.async_save,
+        )
+        self.writer = MetricWriter(workdir, enabled=self.is_primary)
+
+    @contextlib.contextmanager
+    def mesh_context(self):
+        """Mesh and logical-axis rules in force while tracing model code."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
+
+    def _init_state(self, rng: jax.Array) -> TrainState:
+        params_rng, dropout_rng = jax.random.split(rng)
+        variables = nn.meta.unbox(self.task.init_variables(params_rng, self.init_batch))
+        params = variables.pop("params")
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            model_state=variables,
+            opt_state=self.tx.init(params),
+            rng=dropout_rng,
+            bad_step=jnp.full((), -1, jnp.int32),
+        )
+
+    def abstract_state(self) -> TrainState:
+        """ShapeDtypeStructs of the state with this mesh's shardings (a restore target)."""
+        with self.mesh_context():
+            shapes = jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
+        return abstract_like(shapes, self.state_shardings)
+
+    def initial_state(self) -> tuple[TrainState, dict | None]:
+        """The latest restorable checkpoint of the workdir, else a fresh state from the seed."""
+        restored = self.checkpointer.restore_latest(self.abstract_state())
+        if restored is not None:
+            step, state, data_state = restored
+            print(
+                f"resumed from checkpoint step {step} in {self.checkpointer.directory}", flush=True
+            )
+            return state, data_state
+        with self.mesh_context():
+            return self._init(jax.random.PRNGKey(self.config.seed)), None
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, state: TrainState) -> dict[str, float]:
+        """Runs the task's evaluation over the whole evaluation split."""
+        it = make_eval_iterator(
+            self.task.eval_source(), global_batch_size=self.config.eval.batch_size
+        )
+        sums, first = None, None
+        with self.mesh_context():
+            for local in it:
+                batch = to_global_batch(local, self.batch_sharding)
+                out = self.eval_step(state, batch)
+                sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+                first = first or local
+        metrics = self.task.finalize_eval(jax.device_get(sums))
+        if self.config.image_every and first is not None:
+            images = self.task.images({"params": state.params, **state.model_state}, first)
+            self.writer.write_images(int(state.step), images)
+        return metrics
+
+    # ------------------------------------------------------------------ training loop
+    def train(self) -> TrainState:
+        """Trains to `config.total_steps`, resuming from the workdir's latest checkpoint."""
+        c = self.config
+        self.writer.write_config(c)
+        state, data_state = self.initial_state()
+        start = int(state.step)
+        it = make_train_iterator(
+            self.task.train_source(), global_batch_size=c.batch_size, seed=c.seed
+        )
+        if data_state is not None:
+            it.set_state(data_state)
+        progress = ProgressLogger(c.total_steps, start_step=start, every_steps=c.log_every)
+        preempted = _SigtermFlag()
+        pending: list[dict[str, jax.Array]] = []
+        last_saved = start if start else None
+        if start >= c.total_steps:
+            print(f"step {start} already reached (total_steps={c.total_steps})", flush=True)
+
+        with self.mesh_context(), preempted:
+            for step in range(start + 1, c.total_steps + 1):
+                batch = to_global_batch(next(it), self.batch_sharding)
+                state, metrics = self.train_step(state, batch)
+                pending.append(metrics)
+                final = step == c.total_steps
+                stop = preempted.received or self.checkpointer.reached_preemption(step)
+                save = final or stop or step % c.checkpoint.every_steps == 0
+                if step % c.log_every == 0 or final or save:
+                    self._check_finite(state, last_saved)
+                if step % c.log_every == 0 or final:
+                    scalars = {
+                        k: float(v)
+                        for k, v in jax.device_get(
+                            jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending)
+                        ).items()
+                    }
+                    pending.clear()
+                    progress.update(step, scalars)
+                    self.writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+                if save:
+                    self.checkpointer.save(step, state, it.get_state())
+                    last_saved = step
+                if (c.eval_every and step % c.eval_every == 0) or final:
+                    scores = self.evaluate(state)
+                    print(
+                        f"eval at step {step}: "
+                        + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
+                        flush=True,
+                    )
+                    self.writer.write_scalars(step, {f"eval/{k}": v for k, v in scores.items()})
+                if stop:
+                    print(
+                        f"preemption signal: saved checkpoint step {step} in {self.checkpointer.directory}; "
+                        "exiting",
+                        flush=True,
+                    )
+                    break
+        self.checkpointer.wait()
+        self.writer.flush()
+        return state
+
+    def _check_finite(self, state: TrainState, last_saved: int | None) -> None:
+        bad = int(state.bad_step)
+        if bad >= 0:
+            self.checkpointer.wait()
+            kept = (
+                f"last good checkpoint: step {last_saved}" if last_saved else "no checkpoint saved"
+            )
+            raise NonFiniteLossError(
+                f"non-finite loss, gradient or parameter at step {bad + 1}; "
+                f"run stopped, {kept} in {self.checkpointer.directory}"
+            )
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        self.writer.close()
+
+    def evaluate_checkpoint(self, step: int | None = None) -> dict[str, float]:
+        """`--mode=eval`: restores checkpoint `step` (default: latest) and evaluates it."""
+        steps = self.checkpointer.steps()
+        if not steps:
+            raise config_lib.ConfigError(
+                f"no checkpoint to evaluate in {self.checkpointer.directory}"
+            )
+        step = steps[-1] if step is None else step
+        state, _ = self.checkpointer.restore(step, self.abstract_state())
+        scores = self.evaluate(state)
+        self.writer.write_scalars(step, {f"eval/{k}": v for k, v in scores.items()})
+        self.writer.flush()
+        return scores
+
+
+class _SigtermFlag:
+    """Records SIGTERM (preemption) while active instead of dying mid-step."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        del signum, frame
+        self.received = True
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread: leave the default handler
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
