@@ -3,14 +3,15 @@
 #
 #   ./launch.sh EXPERIMENT.py[:ARG] [--workdir=DIR] [--mode=train|eval] [--config.KEY=VALUE ...]
 #   ./launch.sh test [PYTEST_ARGS...]          run the test suite
-#   ./launch.sh bench [BENCH_ARGS...]          run benchmarks (python -m benchmarks.run)
+#   ./launch.sh bench NAME [ARGS...]           run benchmarks/NAME.py (python -m benchmarks.NAME)
 #
 # Multi-host (every host runs the same command; jax.distributed.initialize() finds its peers):
 #   ./launch.sh EXPERIMENT.py --tpu=NAME --zone=ZONE [--project=P] [flags]
 #       runs on every worker of a Cloud TPU VM (gcloud compute tpus tpu-vm ssh --worker=all);
 #       the repository must sit at the same path on each worker (git clone it there first).
 #   ./launch.sh EXPERIMENT.py --slurm [flags]
-#       runs one process per SLURM task through `srun` inside an allocation (salloc/sbatch).
+#       inside an allocation (salloc/sbatch): installs once, then `srun` starts one process per
+#       SLURM task, each calling jax.distributed.initialize().
 #
 # The first call creates ./.venv (unless a virtualenv or conda env is active, or MLX_PYTHON
 # names an interpreter) and installs the package with its test extra; later calls reuse it.
@@ -48,7 +49,8 @@ ensure_installed
 
 case "$1" in
   test)  shift; exec "$PY" -m pytest "$@" ;;
-  bench) shift; exec "$PY" -m benchmarks.run "$@" ;;
+  bench) shift; [[ $# -ge 1 ]] || die "usage: ./launch.sh bench NAME (a module in benchmarks/)"
+         name="$1"; shift; exec "$PY" -m "benchmarks.$name" "$@" ;;
   -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
 esac
 

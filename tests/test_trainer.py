@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from mlx_research.data.pipeline import make_train_iterator
 from mlx_research.train import config as config_lib
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.trainer import NonFiniteLossError, Trainer
@@ -118,6 +120,25 @@ def test_train_evaluate_checkpoint_and_single_compile(tmp_path):
     again = Trainer(config, str(tmp_path))
     assert int(again.initial_state()[0].step) == 6
     again.close()
+
+
+def test_gradient_accumulation_equals_full_batch(tmp_path):
+    # Equal-length sequences, so the per-token mean of the batch is the mean of micro-batch means.
+    def run(accum):
+        config = tiny_config(total_steps=1, grad_accum_steps=accum)
+        config.data.update(task="copy", min_len=5, max_len=5)
+        config.optim.name, config.optim.lr = "sgd", 0.5
+        trainer = Trainer(config, str(tmp_path / f"accum{accum}"))
+        batches = make_train_iterator(trainer.task.train_source(), global_batch_size=8, seed=0)
+        with trainer.mesh_context():
+            state = trainer._init(jax.random.PRNGKey(0))
+            state, metrics = trainer.train_step(state, jax.tree.map(jnp.asarray, next(batches)))
+        return jax.tree.map(np.asarray, state.params), float(metrics["loss"])
+
+    params_1, loss_1 = run(1)
+    params_4, loss_4 = run(4)
+    np.testing.assert_allclose(loss_4, loss_1, rtol=1e-5)
+    assert_trees_equal(params_1, params_4, rtol=1e-5)
 
 
 def test_eval_mode_restores_a_chosen_step(tmp_path):
@@ -230,17 +251,24 @@ def test_two_processes_data_parallel_match_single_process(tmp_path):
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    # The lr jumps to inf at optimizer step 3, so the update of (1-based) step 4 is non-finite.
-    config = tiny_config(total_steps=10, log_every=1)
-    config.optim.schedule, config.optim.decay_boundaries = "step", (3,)
-    config.optim.decay_factor = float("inf")
+    from mlx_research.train.config import default_config
+
+    config = default_config("tests.poisoned_task")
+    config.update(tiny_config(total_steps=10, log_every=1))
+    config.task = "tests.poisoned_task"
     config.checkpoint.every_steps = 2
+    # Find, independently of the trainer, an example that the seeded order puts in batch 5.
+    from tests.poisoned_task import Task
+
+    batches = make_train_iterator(Task(config, jnp.float32).train_source(),
+                                  global_batch_size=config.batch_size, seed=config.seed)
+    config.poison_index = int([next(batches) for _ in range(5)][-1]["index"][0])
     trainer = Trainer(config, str(tmp_path))
-    with pytest.raises(NonFiniteLossError, match="at step 4;.*last good checkpoint: step 2"):
+    with pytest.raises(NonFiniteLossError, match="at step 5;.*last good checkpoint: step 4"):
         trainer.train()
     trainer.close()
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2]
-    _, params = restore_params(tmp_path, 2)
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+    _, params = restore_params(tmp_path, 4)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 

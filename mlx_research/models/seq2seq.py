@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mlx_research.nn.attention import make_causal_mask, make_padding_mask, combine_masks
+from mlx_research.nn.pipelined import PipelinedDecoder, PipelinedEncoder
 from mlx_research.nn.position import sinusoidal_position_encoding
 from mlx_research.nn.transformer import TransformerDecoder, TransformerEncoder
 
@@ -20,6 +21,13 @@ class Seq2SeqTransformer(nn.Module):
     flax's lm1b example), so initial logits have unit scale.
 
     Token id `pad_id` marks padding in both inputs and decoder inputs.
+
+    With ``pipeline=True`` the encoder and decoder layers have stacked weights (logical axis
+    "layers", see `mlx_research.nn.pipelined`) and run as a GPipe pipeline over the mesh's "stage"
+    axis with ``pipeline_microbatches`` micro-batches; the same function as the default per-layer
+    stacks, with a different parameter tree (``encoder/layers/...`` stacked instead of
+    ``encoder/layers_{i}/...``). Both layer counts must be divisible by the stage count, and
+    dropout must be 0 when training.
     """
 
     vocab_size: int
@@ -31,6 +39,8 @@ class Seq2SeqTransformer(nn.Module):
     dropout: float = 0.1
     norm_first: bool = True
     pad_id: int = 0
+    pipeline: bool = False
+    pipeline_microbatches: int = 1
     dtype: Any = jnp.float32
 
     def setup(self):
@@ -50,8 +60,13 @@ class Seq2SeqTransformer(nn.Module):
             norm_first=self.norm_first,
             dtype=self.dtype,
         )
-        self.encoder = TransformerEncoder(num_layers=self.num_encoder_layers, **common)
-        self.decoder = TransformerDecoder(num_layers=self.num_decoder_layers, **common)
+        if self.pipeline:
+            micro = dict(num_microbatches=self.pipeline_microbatches)
+            self.encoder = PipelinedEncoder(num_layers=self.num_encoder_layers, **micro, **common)
+            self.decoder = PipelinedDecoder(num_layers=self.num_decoder_layers, **micro, **common)
+        else:
+            self.encoder = TransformerEncoder(num_layers=self.num_encoder_layers, **common)
+            self.decoder = TransformerDecoder(num_layers=self.num_decoder_layers, **common)
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
         x = self.embed(tokens)
@@ -59,6 +74,8 @@ class Seq2SeqTransformer(nn.Module):
 
     def encode(self, inputs: jax.Array, train: bool = False) -> jax.Array:
         """inputs [B, S] int32 -> memory [B, S, D]."""
+        if self.pipeline:
+            return self.encoder(self._embed(inputs), inputs != self.pad_id, not train)
         mask = make_padding_mask(None, inputs != self.pad_id)
         return self.encoder(self._embed(inputs), mask=mask, deterministic=not train)
 
@@ -66,18 +83,20 @@ class Seq2SeqTransformer(nn.Module):
         self, decoder_inputs: jax.Array, memory: jax.Array, inputs: jax.Array, train: bool = False
     ) -> jax.Array:
         """decoder_inputs [B, T], memory [B, S, D], inputs [B, S] (for its padding) -> logits [B, T, V]."""
-        self_mask = combine_masks(
-            make_causal_mask(decoder_inputs.shape[1]),
-            make_padding_mask(None, decoder_inputs != self.pad_id),
-        )
-        cross_mask = make_padding_mask(None, inputs != self.pad_id)
-        y = self.decoder(
-            self._embed(decoder_inputs),
-            memory,
-            self_mask=self_mask,
-            cross_mask=cross_mask,
-            deterministic=not train,
-        )
+        embedded = self._embed(decoder_inputs)
+        tgt_valid, memory_valid = decoder_inputs != self.pad_id, inputs != self.pad_id
+        if self.pipeline:
+            y = self.decoder(embedded, memory, tgt_valid, memory_valid, deterministic=not train)
+        else:
+            y = self.decoder(
+                embedded,
+                memory,
+                self_mask=combine_masks(
+                    make_causal_mask(decoder_inputs.shape[1]), make_padding_mask(None, tgt_valid)
+                ),
+                cross_mask=make_padding_mask(None, memory_valid),
+                deterministic=not train,
+            )
         return self.embed.attend(y).astype(jnp.float32) / jnp.sqrt(self.d_model)
 
     def __call__(

@@ -23,16 +23,16 @@ def split_microbatches(batch: Batch, num: int) -> Batch:
 def _loss_and_grads(task: Task, state: TrainState, batch: Batch, rng: jax.Array, accum_steps: int):
     grad_fn = jax.value_and_grad(task.loss, has_aux=True)
     if accum_steps == 1:
-        (_, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
-        return metrics, model_state, grads
+        (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
+        return dict(metrics, loss=loss), model_state, grads
 
     def body(carry, inputs):
         grads_sum, model_state = carry
         micro_batch, index = inputs
-        (_, (metrics, model_state)), grads = grad_fn(
+        (loss, (metrics, model_state)), grads = grad_fn(
             state.params, model_state, micro_batch, jax.random.fold_in(rng, index)
         )
-        return (jax.tree.map(jnp.add, grads_sum, grads), model_state), metrics
+        return (jax.tree.map(jnp.add, grads_sum, grads), model_state), dict(metrics, loss=loss)
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     (grads, model_state), metrics = jax.lax.scan(

@@ -57,7 +57,11 @@ class Task:
     def loss(
         self, params: Any, model_state: dict[str, Any], batch: Batch, rng: jax.Array
     ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
-        """Training loss: returns (scalar loss, (metrics, updated non-param collections))."""
+        """Training loss: returns (scalar loss, (metrics, updated non-param collections)).
+
+        The trainer logs the returned loss as "loss" next to `metrics` and stops the run when it,
+        the gradients or the updated parameters are not finite.
+        """
         raise NotImplementedError
 
     def eval_outputs(self, variables: dict[str, Any], batch: Batch) -> dict[str, jax.Array]:

@@ -37,6 +37,8 @@ class Task(base.Task):
                 dim_feedforward=512,  # FFN hidden size
                 dropout=0.1,
                 norm_first=True,  # pre-LN (True) or post-LN (False) blocks
+                pipeline=False,  # stacked layers run as a GPipe pipeline over mesh axis "stage"
+                pipeline_microbatches=1,  # GPipe micro-batches per (data-parallel) batch
             )
         )
         c.data = ml_collections.ConfigDict(
@@ -56,6 +58,21 @@ class Task(base.Task):
         )
         c.label_smoothing = 0.0
         return c
+
+    @staticmethod
+    def validate_config(config: ml_collections.ConfigDict) -> None:
+        from mlx_research.train.config import ConfigError  # config imports the task registry
+
+        m, stages = config.model, config.mesh.get("stage", 1)
+        if stages > 1 and not m.pipeline:
+            raise ConfigError(f"config: mesh.stage={stages} needs model.pipeline=True")
+        if m.pipeline and m.pipeline_microbatches < 1:
+            raise ConfigError(f"config: 'model.pipeline_microbatches' must be >= 1, got "
+                              f"{m.pipeline_microbatches}")
+        for key in ("num_encoder_layers", "num_decoder_layers"):
+            if m.pipeline and stages > 1 and m[key] % stages:
+                raise ConfigError(f"config: model.{key}={m[key]} is not divisible by "
+                                  f"mesh.stage={stages}")
 
     def __init__(self, config: ml_collections.ConfigDict, dtype: Any):
         super().__init__(config, dtype)
@@ -97,7 +114,7 @@ class Task(base.Task):
         )
         real = targets != data.PAD_ID
         accuracy = jnp.sum((logits.argmax(-1) == targets) & real) / jnp.maximum(real.sum(), 1)
-        return loss, ({"loss": loss, "token_accuracy_teacher_forced": accuracy}, model_state)
+        return loss, ({"token_accuracy_teacher_forced": accuracy}, model_state)
 
     def predict(self, variables, inputs: jax.Array) -> jax.Array:
         """Greedy decoding: inputs [B, S] -> predicted targets [B, S + 1]."""
