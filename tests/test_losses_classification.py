@@ -19,6 +19,8 @@ from mlx_research.losses.classification import (
     softmax_focal_loss,
 )
 
+from tests.numeric import num_grad
+
 RNG = np.random.default_rng(0)
 LOGITS = RNG.normal(size=(3, 2, 4)).astype(np.float32)  # [N, L, C], class axis last
 TARGET = np.array([[0, 3], [-100, 1], [2, 2]])
@@ -42,17 +44,6 @@ def np_reduce(loss, reduction, normalizer=None):
     if reduction == "sum":
         return loss.sum()
     return loss.sum() / (loss.size if normalizer is None else normalizer)
-
-
-def num_grad(f, x, h=1e-6):
-    """Central finite differences of a float64 numpy function."""
-    x = np.asarray(x, np.float64)
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        step = np.zeros_like(x)
-        step[i] = h
-        grad[i] = (f(x + step) - f(x - step)) / (2 * h)
-    return grad
 
 
 def reductions(fn, *args, **kw):

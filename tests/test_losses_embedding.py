@@ -10,22 +10,14 @@ from mlx_research.losses.embedding import (
     cosine_similarity_loss,
 )
 
+from tests.numeric import num_grad
+
 RNG = np.random.default_rng(0)
 REDUCTIONS = ("none", "sum", "mean")
 
 
 def np_reduce(loss, reduction):
     return {"none": loss, "sum": loss.sum(), "mean": loss.mean()}[reduction]
-
-
-def num_grad(f, x, h=1e-6):
-    x = np.asarray(x, np.float64)
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        step = np.zeros_like(x)
-        step[i] = h
-        grad[i] = (f(x + step) - f(x - step)) / (2 * h)
-    return grad
 
 
 def np_cosine(a, b, axis=-1, eps=1e-8):

@@ -11,6 +11,7 @@ from typing import Any
 
 import ml_collections
 
+from mlx_research.nn.regularization import DEFAULT_EXCLUDE
 from mlx_research.train.tasks import get_task
 
 
@@ -50,7 +51,7 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     c.optim.momentum = 0.9  # sgd (0 = plain SGD)
     c.optim.nesterov = False
     c.optim.weight_decay = 0.0  # decoupled (adamw) or L2-style added to gradients (sgd)
-    c.optim.wd_exclude = (r"(^|/)bias$", r"(^|/)scale$", r"(?i)norm")  # regexes without decay
+    c.optim.wd_exclude = DEFAULT_EXCLUDE  # regexes of parameters without decay (biases, norms)
     c.optim.grad_clip_norm = 0.0  # global-norm clipping if > 0
     c.optim.lr_multipliers = ml_collections.ConfigDict()  # {path regex: lr factor}
     return c

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
-from typing import Any
 
 import flax.linen as nn
 import jax
