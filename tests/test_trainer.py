@@ -34,7 +34,7 @@ TINY = [
     "--config.eval.num_examples=16",
     "--config.eval.batch_size=8",
     "--config.eval_every=0",
-    "--config.image_every=0",
+    "--config.write_images=False",
     "--config.optim.warmup_steps=0",
 ]
 
@@ -46,7 +46,8 @@ def tiny_config(**overrides):
     config = get_config()
     for flag in TINY:
         key, value = flag[len("--config.") :].split("=")
-        _set(config, key, type(_get(config, key))(value))
+        current = _get(config, key)
+        _set(config, key, value == "True" if isinstance(current, bool) else type(current)(value))
     for key, value in overrides.items():
         _set(config, key, value)
     return config
@@ -100,7 +101,7 @@ def assert_trees_equal(a, b, rtol=0.0):
 
 
 def test_train_evaluate_checkpoint_and_single_compile(tmp_path):
-    config = tiny_config(total_steps=6, log_every=2, eval_every=3, image_every=1)
+    config = tiny_config(total_steps=6, log_every=2, eval_every=3, write_images=True)
     config.checkpoint.every_steps = 3
     trainer = Trainer(config, str(tmp_path))
     state = trainer.train()

@@ -30,7 +30,7 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     c.compute_dtype = "float32"  # "float32" | "bfloat16" (activations; parameters stay float32)
     c.log_every = 50  # console + metrics.jsonl every N steps
     c.eval_every = 500  # evaluation every N steps and at the end (0 = only at the end)
-    c.image_every = 0  # task images (PNG + TensorBoard) at evaluation if > 0
+    c.write_images = False  # pictures of predictions (PNG + TensorBoard) at each evaluation
     c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1, "stage": 1})  # -1 = the rest
     c.sharding_rules = "default"  # "default" | "fsdp": logical-axis rules (mlx_research.parallel)
     c.checkpoint = ml_collections.ConfigDict()
@@ -72,6 +72,7 @@ _CHOICES = {
     "compute_dtype": ("float32", "bfloat16"),
     "optim.name": ("adamw", "sgd"),
     "optim.schedule": ("cosine", "step", "constant"),
+    "sharding_rules": ("default", "fsdp"),
 }
 
 

@@ -38,7 +38,8 @@ class NonFiniteLossError(RuntimeError):
 class Trainer:
     """Builds everything a run needs from `config` and owns `workdir` (checkpoints, metrics)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
+        """`devices`: the devices of the mesh (default all; a subset for tests and tools)."""
         # ---------------------------------------------------------------- config
         config_lib.validate(config)
         self.config, self.workdir = config, workdir
@@ -46,7 +47,7 @@ class Trainer:
 
         # ---------------------------------------------------------------- mesh
         try:
-            self.mesh = create_mesh(dict(config.mesh))
+            self.mesh = create_mesh(dict(config.mesh), devices=devices)
         except ValueError as e:
             raise config_lib.ConfigError(f"config: mesh: {e}") from None
         self.rules = get_rules(config.sharding_rules)
@@ -160,11 +161,10 @@ class Trainer:
                 out = self.eval_step(state, batch)
                 sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
                 first = first or local
-        metrics = self.task.finalize_eval(jax.device_get(sums))
-        if self.config.image_every and first is not None:
-            images = self.task.images({"params": state.params, **state.model_state}, first)
-            self.writer.write_images(int(state.step), images)
-        return metrics
+            if self.config.write_images and first is not None:
+                images = self.task.images({"params": state.params, **state.model_state}, first)
+                self.writer.write_images(int(state.step), images)
+        return self.task.finalize_eval(jax.device_get(sums))
 
     # ------------------------------------------------------------------ training loop
     def train(self) -> TrainState:
