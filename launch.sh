@@ -26,6 +26,9 @@ pick_python() {
   elif [[ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ]]; then PY="$(command -v python)"
   else
     if [[ ! -x .venv/bin/python ]]; then
+      command -v python3 >/dev/null || die "python3 not found (Python >= 3.11 needed)"
+      python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+        die "Python >= 3.11 needed; python3 is $(python3 --version 2>&1) (set MLX_PYTHON)"
       echo "launch.sh: creating .venv (first use)" >&2
       python3 -m venv .venv || die "could not create .venv with python3 -m venv"
     fi
@@ -35,7 +38,8 @@ pick_python() {
 
 ensure_installed() {
   local stamp=".install-stamp" want
-  want="$("$PY" -c 'import sys; print(sys.executable)') $(sha256sum pyproject.toml | cut -c1-16)"
+  want="$("$PY" -c 'import hashlib, sys
+print(sys.executable, hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest()[:16])')"
   if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     echo "launch.sh: installing mlx_research and its dependencies into $("$PY" -c 'import sys; print(sys.prefix)')" >&2
     "$PY" -m pip install -q --disable-pip-version-check -e ".[test]" || die "pip install failed"
@@ -44,12 +48,10 @@ ensure_installed() {
 }
 
 [[ $# -ge 1 ]] || { sed -n '2,18p' "$0"; exit 2; }
-pick_python
-ensure_installed
 
 case "$1" in
-  test)  shift; exec "$PY" -m pytest "$@" ;;
-  bench) shift; [[ $# -ge 1 ]] || die "usage: ./launch.sh bench NAME (a module in benchmarks/)"
+  test)  shift; pick_python; ensure_installed; exec "$PY" -m pytest "$@" ;;
+  bench) shift; pick_python; ensure_installed; [[ $# -ge 1 ]] || die "usage: ./launch.sh bench NAME (a module in benchmarks/)"
          name="$1"; shift; exec "$PY" -m "benchmarks.$name" "$@" ;;
   -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
 esac
@@ -65,6 +67,7 @@ while [[ $# -gt 0 ]]; do
     --zone=*) ZONE="${1#*=}" ;;
     --zone) ZONE="$2"; shift ;;
     --project=*) PROJECT="${1#*=}" ;;
+    --project) PROJECT="$2"; shift ;;
     --slurm) SLURM=1 ;;
     --workdir=*) WORKDIR="${1#*=}" ;;
     --workdir) WORKDIR="$2"; shift ;;
@@ -77,14 +80,18 @@ if [[ -z "$WORKDIR" ]]; then
   WORKDIR="workdirs/${name//\//_}"
 fi
 
-CMD=(-m mlx_research.main "--config=$EXPERIMENT" "--workdir=$WORKDIR" "${PASS[@]}")
+CMD=(-m mlx_research.main "--config=$EXPERIMENT" "--workdir=$WORKDIR" ${PASS[@]+"${PASS[@]}"})
 
 if [[ -n "$TPU" ]]; then
   [[ -n "$ZONE" ]] || die "--tpu needs --zone"
-  remote="cd $(printf %q "$ROOT") && ./launch.sh $(printf '%q ' "$EXPERIMENT" "--workdir=$WORKDIR" "${PASS[@]}") --multihost"
+  remote="cd $(printf %q "$ROOT") && ./launch.sh $(printf '%q ' "$EXPERIMENT" "--workdir=$WORKDIR" ${PASS[@]+"${PASS[@]}"}) --multihost"
   echo "launch.sh: on every worker of TPU $TPU ($ZONE): $remote" >&2
   exec gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" ${PROJECT:+--project="$PROJECT"} --worker=all --command="$remote"
-elif [[ "$SLURM" == 1 ]]; then
+fi
+
+pick_python
+ensure_installed
+if [[ "$SLURM" == 1 ]]; then
   command -v srun >/dev/null || die "--slurm needs srun on PATH (run inside salloc/sbatch)"
   echo "launch.sh: srun $PY ${CMD[*]} --multihost" >&2
   exec srun "$PY" "${CMD[@]}" --multihost

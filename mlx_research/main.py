@@ -63,7 +63,8 @@ def main(argv: list[str]) -> None:
             t.train()
         else:
             scores = t.evaluate_checkpoint(FLAGS.step)
-            print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), flush=True)
+            if jax.process_index() == 0:
+                print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), flush=True)
         t.close()
     except known as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

@@ -143,26 +143,49 @@ def test_cross_entropy_edge_cases():
     assert_finite(out["extreme"][1])
 
 
+def np_cross_entropy_probs(logits, probs, weight, eps):
+    num_classes = logits.shape[-1]
+    return -(np_log_softmax(logits) * (probs * (1 - eps) + eps / num_classes) * weight).sum(-1)
+
+
 def test_cross_entropy_probability_targets():
     logits = LOGITS.reshape(6, 4)
     probs = RNG.dirichlet(np.ones(4), size=6).astype(np.float32)
-    values = jax.jit(
-        lambda x, p: [
-            reductions(cross_entropy, x, p, w, label_smoothing=0.1) for w in (None, WEIGHT)
-        ]
-    )(logits, probs)
+
+    def run(x, p):
+        values = [reductions(cross_entropy, x, p, w, label_smoothing=0.1) for w in (None, WEIGHT)]
+        # torch ignores ignore_index for probability targets: class 0 still counts.
+        ignored = cross_entropy(x, p, WEIGHT, ignore_index=0, label_smoothing=0.1)
+        grad = grad_of(cross_entropy, x, p, WEIGHT, ignore_index=0, label_smoothing=0.1)
+        return values, ignored, grad
+
+    values, ignored, grad = jax.jit(run)(logits, probs)
     for weight, got in zip((np.ones(4), WEIGHT), values, strict=True):
-        per = -(np_log_softmax(logits) * (probs * 0.9 + 0.1 / 4) * weight).sum(-1)
+        per = np_cross_entropy_probs(logits, probs, weight, 0.1)
         assert_values(got, per)  # torch: "mean" divides by N, not by the weights
-    with pytest.raises(ValueError):
-        cross_entropy(logits, probs, ignore_index=0)
+    per = np_cross_entropy_probs(logits, probs, WEIGHT, 0.1)
+    np.testing.assert_allclose(ignored, per.mean(), rtol=1e-5)
+    want = num_grad(lambda x: np_cross_entropy_probs(x, probs, WEIGHT, 0.1).mean(), logits)
+    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-6)
 
 
 def test_nll_loss_weighted_mean_and_ignore():
     logp = np_log_softmax(LOGITS).astype(np.float32)
-    values, grad = jax.jit(
-        lambda x: (reductions(nll_loss, x, TARGET, WEIGHT), grad_of(nll_loss, x, TARGET, WEIGHT))
-    )(logp)
+    ignored = np.full(TARGET.shape, -100)
+
+    def run(x):
+        every_ignored = [
+            (reductions(nll_loss, x, ignored, w), grad_of(nll_loss, x, ignored, w))
+            for w in (None, WEIGHT)
+        ]
+        values = reductions(nll_loss, x, TARGET, WEIGHT)
+        return values, grad_of(nll_loss, x, TARGET, WEIGHT), every_ignored
+
+    values, grad, every_ignored = jax.jit(run)(logp)
+    for ignored_values, ignored_grad in every_ignored:  # torch: "mean" is NaN; we choose 0
+        for reduction in REDUCTIONS:
+            np.testing.assert_array_equal(ignored_values[reduction], 0.0)
+        np.testing.assert_array_equal(ignored_grad, 0.0)
     per, w_sum = np_cross_entropy_index(LOGITS, TARGET, WEIGHT, 0.0)
     assert_values(values, per, w_sum)
     want = np.zeros_like(grad)
@@ -394,6 +417,40 @@ def test_asymmetric_loss_matches_reference():
         assert_finite(out["extreme_grad"])
         if cfg[2]:
             assert float(out["values"]["none"][0, 0]) == 0.0
+
+
+# (gamma_neg, gamma_pos, clip, eps): clip=None leaves p_m = p; eps = 1e-3 clamps the logs at
+# x = -8 (p = 3.4e-4, positive) and, without clip, at x = 8 (1 - p = 3.4e-4, negative).
+ASL_EPS_CONFIGS = [(4.0, 1.0, None, 1e-8), (4.0, 1.0, None, 1e-3), (2.0, 1.0, 0.05, 1e-3)]
+
+
+def test_asymmetric_loss_clip_none_and_eps():
+    x = RNG.normal(size=(2, 4)).astype(np.float32)
+    x[0, :2] = [-8.0, 8.0]
+    y = (RNG.uniform(size=(2, 4)) > 0.5).astype(np.float32)
+    y[0, :2] = [1.0, 0.0]
+    # The data exercise both options: the eps clamp and clip=None change the reference.
+    assert not np.allclose(
+        np_asymmetric(x, y, 4.0, 1.0, None)[0], np_asymmetric(x, y, 4.0, 1.0, 0.05)[0]
+    )
+    assert not np.allclose(
+        np_asymmetric(x, y, 4.0, 1.0, None)[0], np_asymmetric(x, y, 4.0, 1.0, None, 1e-3)[0]
+    )
+
+    def run(x):
+        return [
+            (
+                asymmetric_loss(x, y, g_neg, g_pos, clip, eps, reduction="none"),
+                grad_of(asymmetric_loss, x, y, g_neg, g_pos, clip, eps),
+            )
+            for g_neg, g_pos, clip, eps in ASL_EPS_CONFIGS
+        ]
+
+    for cfg, (per, grad) in zip(ASL_EPS_CONFIGS, jax.jit(run)(x), strict=True):
+        want = np_asymmetric(x, y, *cfg)[0]
+        np.testing.assert_allclose(per, want, rtol=1e-5, atol=1e-7, err_msg=str(cfg))
+        want_grad = num_grad(lambda v: np_asymmetric(v, y, *cfg)[0].sum(), x)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-6, err_msg=str(cfg))
 
 
 def test_invalid_arguments_raise():

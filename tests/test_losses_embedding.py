@@ -98,8 +98,9 @@ def test_cosine_embedding_loss():
 def np_clip_loss(a, b, scale):
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    # F.normalize: x / max(||x||, 1e-12), so a zero row stays zero.
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
     logits = scale * a @ b.T
 
     def ce_diag(z):
@@ -140,3 +141,39 @@ def test_contrastive_loss_temperature_scale_and_padding():
     np.testing.assert_array_equal(out["padded_grad"][~valid], 0.0)
     assert float(out["empty"]) == 0.0
     np.testing.assert_array_equal(out["empty_grad"], 0.0)
+
+
+def test_contrastive_loss_zero_embeddings():
+    img = RNG.normal(size=(4, 3)).astype(np.float32)
+    txt = RNG.normal(size=(4, 3)).astype(np.float32)
+    img[1] = 0.0
+    txt[2] = 0.0
+    zeros = np.zeros_like(img)
+
+    def loss(a, b):
+        return contrastive_loss(a, b, 0.1)
+
+    def run(img, txt):
+        grad = jax.grad(loss, argnums=(0, 1))
+        return {
+            "none": contrastive_loss(img, txt, 0.1, reduction="none"),
+            "grads": grad(img, txt),
+            "all_zero": (loss(zeros, zeros), grad(zeros, zeros)),
+        }
+
+    out = jax.jit(run)(img, txt)
+    # A zero embedding has all-zero logits against every partner (all-zero inputs: log N).
+    np.testing.assert_allclose(out["none"], np_clip_loss(img, txt, 10.0), rtol=1e-5)
+    np.testing.assert_allclose(out["all_zero"][0], np.log(4), rtol=1e-6)
+    for grad in (*out["grads"], *out["all_zero"][1]):
+        assert np.all(np.isfinite(grad))
+    # Rows off the zero vectors match finite differences (at a zero row the loss has a kink).
+    want_img = num_grad(lambda a: np_clip_loss(a, txt, 10.0).mean(), img)
+    want_txt = num_grad(lambda b: np_clip_loss(img, b, 10.0).mean(), txt)
+    rows = np.arange(4)
+    np.testing.assert_allclose(
+        out["grads"][0][rows != 1], want_img[rows != 1], rtol=1e-3, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        out["grads"][1][rows != 2], want_txt[rows != 2], rtol=1e-3, atol=1e-5
+    )

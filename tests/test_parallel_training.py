@@ -293,6 +293,8 @@ def test_pipelined_model_equals_per_layer_model():
         ({"data": 4, "stage": 2}, {}, "needs model.pipeline=True"),
         ({"stage": 4}, {"pipeline": True, "num_encoder_layers": 2}, "not divisible by mesh.stage"),
         ({"stage": 2}, {"pipeline": True, "pipeline_microbatches": 0}, "must be >= 1"),
+        ({"stage": 2}, {"pipeline": True, "dropout": 0.1}, "does not support dropout"),
+        ({"stage": 2}, {"pipeline": True, "pipeline_microbatches": 3}, "not divisible by model.pip"),
     ],
 )
 def test_pipeline_config_errors(mesh, model, message):

@@ -91,6 +91,13 @@ def test_penalty_gradients_are_sign_and_weight():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6), g1, expected1)
 
 
+def test_l1_gradient_is_zero_at_zero():
+    params = {"dense": {"kernel": jnp.array([-2.0, 0.0, 3.0])}}
+    grad = jax.grad(l1_penalty)(params)["dense"]["kernel"]
+    np.testing.assert_array_equal(np.asarray(grad), [-1.0, 0.0, 1.0])
+    assert float(l1_penalty(params)) == 5.0
+
+
 def test_decay_mask_drives_optax_weight_decay():
     params = _tree()
     tx = optax.add_decayed_weights(0.1, mask=decay_mask(params))

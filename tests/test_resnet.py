@@ -1,12 +1,17 @@
-"""ResNet / SmallCNN: torchvision parameter counts, strides, stem padding, init, norm variants."""
+"""ResNet / SmallCNN: torchvision parameter counts, strides, stem padding, block outputs against
+float64 numpy references, init, norm variants and ``norm_kwargs``."""
+
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.core import FrozenDict
 from numpy.lib.stride_tricks import sliding_window_view
 
+from mlx_research.nn.normalization import get_norm
 from mlx_research.nn.resnet import (
     BasicBlock,
     Bottleneck,
@@ -72,18 +77,62 @@ def test_frozen_and_group_norm_variants():
     assert out["C5"].shape == (1, 2, 2, 512)
 
 
+def _numpy_conv(x, kernel, stride, padding):
+    """torch ``Conv2d`` (no bias) in float64: x [N, H, W, C], HWIO kernel, symmetric zero pad."""
+    pad = (padding, padding)
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), pad, pad, (0, 0)))
+    kh, kw = kernel.shape[:2]
+    patches = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::stride, ::stride]
+    return np.einsum("nhwcij,ijco->nhwo", patches, np.asarray(kernel, np.float64))
+
+
+def _numpy_batch_norm(x, layer, train):
+    """torch ``BatchNorm2d``: batch mean / biased variance in train, running stats in eval."""
+    if train:
+        mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    else:
+        mean, var = layer["mean"], layer["var"]
+    return (x - mean) / np.sqrt(var + EPS) * layer["scale"] + layer["bias"]
+
+
+def _numpy_basic_block(x, layers, stride, train):
+    """torchvision ``BasicBlock`` with downsample: stride on conv1 (3x3) and the 1x1 shortcut."""
+    bn = functools.partial(_numpy_batch_norm, train=train)
+    y = np.maximum(bn(_numpy_conv(x, layers["conv1"]["kernel"], stride, 1), layers["bn1"]), 0)
+    y = bn(_numpy_conv(y, layers["conv2"]["kernel"], 1, 1), layers["bn2"])
+    shortcut = _numpy_conv(x, layers["downsample_0"]["kernel"], stride, 0)
+    return np.maximum(y + bn(shortcut, layers["downsample_1"]), 0)
+
+
+def _numpy_bottleneck(x, layers, stride, train):
+    """torchvision v1.5 ``Bottleneck`` with downsample: stride on conv2 (3x3), not conv1."""
+    bn = functools.partial(_numpy_batch_norm, train=train)
+    y = np.maximum(bn(_numpy_conv(x, layers["conv1"]["kernel"], 1, 0), layers["bn1"]), 0)
+    y = np.maximum(bn(_numpy_conv(y, layers["conv2"]["kernel"], stride, 1), layers["bn2"]), 0)
+    y = bn(_numpy_conv(y, layers["conv3"]["kernel"], 1, 0), layers["bn3"])
+    shortcut = _numpy_conv(x, layers["downsample_0"]["kernel"], stride, 0)
+    return np.maximum(y + bn(shortcut, layers["downsample_1"]), 0)
+
+
+def _layers(variables):
+    """{layer name: {leaf name: float64 array}}, merging ``params`` and ``batch_stats``."""
+    layers = {}
+    for collection in variables.values():
+        for name, leaves in collection.items():
+            layers.setdefault(name, {}).update({k: np.float64(v) for k, v in leaves.items()})
+    return layers
+
+
 def _numpy_stem(x, kernel):
     """torch stem in float64: conv 7x7/2 pad 3, BN at init (eval), relu, max pool 3x3/2 pad 1."""
-    xp = np.pad(x.astype(np.float64), ((0, 0), (3, 3), (3, 3), (0, 0)))
-    patches = sliding_window_view(xp, (7, 7), axis=(1, 2))[:, ::2, ::2]  # [N, Ho, Wo, C, 7, 7]
-    y = np.einsum("nhwcij,ijco->nhwo", patches, kernel.astype(np.float64))
-    y = np.maximum(y / np.sqrt(1.0 + EPS), 0.0)
+    y = np.maximum(_numpy_conv(x, kernel, 2, 3) / np.sqrt(1.0 + EPS), 0.0)
     yp = np.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
     return sliding_window_view(yp, (3, 3), axis=(1, 2))[:, ::2, ::2].max(axis=(-2, -1))
 
 
-def _synthetic_variables(variable_shapes):
-    """He-normal kernels and norms at their init values, drawn by numpy (no RNG compile)."""
+def _synthetic_variables(variable_shapes, random_norms=False):
+    """He-normal kernels, drawn by numpy (no RNG compile), and norms at their init values or,
+    with ``random_norms``, random (so a wrong statistic or a skipped norm shows)."""
     rng = np.random.default_rng(0)
 
     def fill(path, leaf):
@@ -91,6 +140,10 @@ def _synthetic_variables(variable_shapes):
         if name == "kernel":
             kh, kw, _, out_channels = leaf.shape
             return rng.normal(0.0, np.sqrt(2.0 / (kh * kw * out_channels)), leaf.shape)
+        if random_norms:
+            if name in ("scale", "var"):
+                return rng.uniform(0.5, 2.0, leaf.shape)
+            return rng.normal(0.0, 0.5, leaf.shape)
         return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0)
 
     return jax.tree_util.tree_map_with_path(
@@ -125,6 +178,61 @@ def test_resnet18_forward_matches_torch_stem_padding():
         "C5": (1, 1, 512),
     }
     assert all(bool(jnp.isfinite(v).all()) for v in out.values())
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize(
+    "block_cls, in_channels, filters, reference",
+    [(BasicBlock, 4, 8, _numpy_basic_block), (Bottleneck, 8, 4, _numpy_bottleneck)],
+    ids=["basic", "bottleneck"],
+)
+def test_stride2_block_with_downsample_matches_numpy(
+    block_cls, in_channels, filters, reference, train
+):
+    norm = functools.partial(get_norm, "batch", use_running_average=not train)
+    block = block_cls(filters=filters, norm=norm, strides=2)
+    x = np.random.default_rng(3).normal(size=(2, 8, 8, in_channels)).astype(np.float32)
+    shapes = jax.eval_shape(block.init, KEY, jax.ShapeDtypeStruct(x.shape, jnp.float32))
+    variables = _synthetic_variables(shapes, random_norms=True)
+    assert set(variables["params"]) >= {"downsample_0", "downsample_1"}
+
+    apply = functools.partial(block.apply, mutable=["batch_stats"] if train else False)
+    out = jax.jit(apply)(variables, x)
+    out = out[0] if train else out
+
+    expected = reference(x, _layers(variables), 2, train)
+    assert expected.shape == (2, 4, 4, filters * block_cls.expansion)
+    assert 0.05 < np.mean(expected == 0) < 0.95  # the final relu clips part of the output
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_norm_kwargs_reach_every_norm_layer():
+    model = resnet18(num_filters=16, norm="group", norm_kwargs={"num_groups": 4})
+    assert isinstance(model.norm_kwargs, FrozenDict)
+    hash(model)  # a dict field would make the module unhashable
+    out, variables = _shapes(model, (1, 64, 64, 3), train=True)
+    assert set(variables) == {"params"}
+    assert {k: v.shape[-1] for k, v in out.items()} == {"C2": 16, "C3": 32, "C4": 64, "C5": 128}
+    with pytest.raises(ValueError):  # 32 groups, the default, do not divide 16 channels
+        _shapes(resnet18(num_filters=16, norm="group"), (1, 64, 64, 3))
+    with pytest.raises(ValueError, match="use_running_average"):
+        _shapes(resnet18(norm_kwargs={"use_running_average": True}), (1, 64, 64, 3))
+
+
+def test_small_cnn_group_norm_with_norm_kwargs_matches_numpy():
+    model = SmallCNN(features=(8,), norm="group", norm_kwargs={"num_groups": 4})
+    x = np.random.default_rng(4).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    variables = _synthetic_variables(_shapes(model, x.shape)[1], random_norms=True)
+    out = jax.jit(functools.partial(model.apply, train=True))(variables, x)["C1"]
+
+    layers = _layers(variables)
+    y = _numpy_conv(x, layers["conv1"]["kernel"], 2, 1)  # [2, 4, 4, 8]
+    groups = y.reshape(2, 4, 4, 4, 2)  # 4 groups of 2 channels
+    mean = groups.mean(axis=(1, 2, 4), keepdims=True)
+    var = groups.var(axis=(1, 2, 4), keepdims=True)
+    y = ((groups - mean) / np.sqrt(var + EPS)).reshape(y.shape)
+    expected = np.maximum(y * layers["bn1"]["scale"] + layers["bn1"]["bias"], 0.0)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_conv_kernel_init_is_untruncated_he_normal_fan_out():

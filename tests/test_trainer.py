@@ -142,6 +142,17 @@ def test_gradient_accumulation_equals_full_batch(tmp_path):
     assert_trees_equal(params_1, params_4, rtol=1e-5)
 
 
+def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
+    config = tiny_config(total_steps=2, compute_dtype="bfloat16")
+    trainer = Trainer(config, str(tmp_path))
+    state = trainer.train()
+    trainer.close()
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
+    assert trainer.task.model.dtype == jnp.bfloat16
+    rows = [r for r in read_metrics(tmp_path) if "train/loss" in r]
+    assert rows and all(np.isfinite(r["train/loss"]) for r in rows)
+
+
 def test_eval_mode_restores_a_chosen_step(tmp_path):
     subprocess.run(main_cmd(tmp_path, total_steps=4, every=2), env=_env(), check=True,
                    capture_output=True, cwd=REPO_ROOT)
@@ -319,6 +330,13 @@ def test_bad_config_fails_with_one_line(tmp_path, flag, message):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], out.stderr
     assert not (tmp_path / "checkpoints").exists()  # failed before any work
+
+
+def test_validate_unknown_task():
+    config = tiny_config()
+    config.task = "no_such_task"
+    with pytest.raises(config_lib.ConfigError, match="'task': unknown task 'no_such_task'"):
+        config_lib.validate(config)
 
 
 def test_validate_unknown_key_and_type():

@@ -2,7 +2,9 @@
 
 Run:     ./launch.sh experiments/seq2seq/reverse.py
 Quick:   ./launch.sh experiments/seq2seq/reverse.py:runlocal        (a few steps, smoke test)
-Result:  see README "Results" (token accuracy of greedy decoding on 512 held-out sequences).
+Result:  token accuracy 1.0000, sequence accuracy 1.0000 (greedy decoding, 512 held-out
+         sequences) after 1500 steps, 113 s on a 2-core CPU (./launch.sh bench seq2seq_reverse,
+         benchmarks/results/seq2seq_reverse.json).
 """
 
 from mlx_research.train.config import default_config

@@ -84,13 +84,15 @@ def cross_entropy(
     + eps/C sum_c w_c (-log p[n, c])``, 0 where ignored; "mean" divides both parts by
     ``sum_n w[t_n]`` over non-ignored targets, as torch (0 if there are none; torch: NaN).
     Float ``target`` of ``input``'s shape holds class probabilities (smoothed to
-    ``t (1-eps) + eps/C``): ``l_n = -sum_c w_c t[n, c] log p[n, c]``, "mean" over ``N x ...``.
+    ``t (1-eps) + eps/C``): ``l_n = -sum_c w_c t[n, c] log p[n, c]``, "mean" over ``N x ...``;
+    ``ignore_index`` is silently unused there, as in torch ("only applicable when the target
+    contains class indices").
 
     Args:
       input: [N, ..., C] (or [C]) logits.
       target: [N, ...] int class indices, or [N, ..., C] float class probabilities.
       weight: optional [C] class weights.
-      ignore_index: index target that contributes nothing (index targets only).
+      ignore_index: index target that contributes nothing (unused for probability targets).
       reduction: "mean" | "sum" | "none".
       label_smoothing: ``eps`` in [0, 1].
 
@@ -108,8 +110,6 @@ def cross_entropy(
             raise ValueError(
                 f"probability targets need input's shape {input.shape}, got {target.shape}"
             )
-        if ignore_index >= 0:
-            raise ValueError("ignore_index is not supported for probability targets")
         if label_smoothing > 0:
             target = target * (1 - label_smoothing) + label_smoothing / num_classes
         loss = optax.softmax_cross_entropy(input, target * class_weights)

@@ -1,7 +1,8 @@
 """Embedding losses: cosine similarity / cosine embedding (torch semantics) and CLIP InfoNCE.
 
 All norms are computed as ``sqrt(max(|x|^2, eps^2))`` (= ``max(|x|, eps)``), so zero vectors
-give finite values and zero, not NaN, gradients.
+give finite values and finite, not NaN, gradients (of order ``1 / eps`` at the zero vector, as
+torch's ``x / max(|x|, eps)`` gives).
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 ``reduce_loss`` is the one reduction every loss in ``mlx_research.losses`` goes through, so
 that ``reduction="mean"|"sum"|"none"`` and its error message are the same everywhere.
+
+``input`` and ``target`` broadcast against each other, as in torch (which warns when their
+sizes differ); integer inputs are promoted to the default float dtype.
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ def reduce_loss(
     return total / jnp.where(normalizer == 0, 1, normalizer)
 
 
+def _difference(input: ArrayLike, target: ArrayLike) -> jax.Array:
+    """``input - target`` broadcast, in a float dtype (integers -> the default float)."""
+    diff = jnp.asarray(input) - jnp.asarray(target)
+    return diff.astype(jnp.result_type(diff.dtype, float))
+
+
 def l1_loss(input: ArrayLike, target: ArrayLike, reduction: str = "mean") -> jax.Array:
     """Mean absolute error ``|input - target|`` (torch ``F.l1_loss``).
 
@@ -53,28 +62,31 @@ def l1_loss(input: ArrayLike, target: ArrayLike, reduction: str = "mean") -> jax
 
     Args:
       input: [...] predictions.
-      target: [...] broadcastable to ``input``.
+      target: [...] broadcastable with ``input``.
       reduction: "mean" | "sum" | "none".
 
     Returns:
-      Scalar, or [...] for "none".
+      Scalar, or [...] (the broadcast shape) for "none".
     """
-    diff = jnp.asarray(input) - jnp.asarray(target)
+    diff = _difference(input, target)
     return reduce_loss(diff * jnp.sign(diff), reduction)
 
 
 def mse_loss(input: ArrayLike, target: ArrayLike, reduction: str = "mean") -> jax.Array:
-    """Mean squared error ``(input - target)^2`` (torch ``F.mse_loss``) via ``optax.squared_error``.
+    """Mean squared error ``(input - target)^2`` (torch ``F.mse_loss``).
+
+    Written with ``jnp.square`` rather than ``optax.squared_error``, which requires equal shapes
+    and float inputs.
 
     Args:
       input: [...] predictions.
-      target: [...] broadcastable to ``input``.
+      target: [...] broadcastable with ``input``.
       reduction: "mean" | "sum" | "none".
 
     Returns:
-      Scalar, or [...] for "none".
+      Scalar, or [...] (the broadcast shape) for "none".
     """
-    return reduce_loss(optax.squared_error(jnp.asarray(input), jnp.asarray(target)), reduction)
+    return reduce_loss(jnp.square(_difference(input, target)), reduction)
 
 
 def huber_loss(
@@ -86,16 +98,16 @@ def huber_loss(
 
     Args:
       input: [...] predictions.
-      target: [...] broadcastable to ``input``.
+      target: [...] broadcastable with ``input``.
       reduction: "mean" | "sum" | "none".
       delta: positive threshold between the quadratic and linear parts.
 
     Returns:
-      Scalar, or [...] for "none".
+      Scalar, or [...] (the broadcast shape) for "none".
     """
     if delta <= 0:
         raise ValueError(f"huber_loss needs delta > 0, got {delta}")
-    loss = optax.huber_loss(jnp.asarray(input), jnp.asarray(target), delta=delta)
+    loss = optax.huber_loss(_difference(input, target), delta=delta)
     return reduce_loss(loss, reduction)
 
 
@@ -109,16 +121,16 @@ def smooth_l1_loss(
 
     Args:
       input: [...] predictions.
-      target: [...] broadcastable to ``input``.
+      target: [...] broadcastable with ``input``.
       reduction: "mean" | "sum" | "none".
       beta: non-negative threshold (torchvision detection uses 1/9).
 
     Returns:
-      Scalar, or [...] for "none".
+      Scalar, or [...] (the broadcast shape) for "none".
     """
     if beta < 0:
         raise ValueError(f"smooth_l1_loss does not support negative values for beta, got {beta}")
     if beta == 0:
         return l1_loss(input, target, reduction)
-    loss = optax.huber_loss(jnp.asarray(input), jnp.asarray(target), delta=beta) / beta
+    loss = optax.huber_loss(_difference(input, target), delta=beta) / beta
     return reduce_loss(loss, reduction)

@@ -118,7 +118,8 @@ def l1_penalty(
       Scalar; 0.0 when nothing is selected. Its gradient is ``sign(w)``.
     """
     leaves = _selected_leaves(params, include, exclude)
-    return sum((jnp.sum(jnp.abs(w)) for w in leaves), start=jnp.zeros((), jnp.float32))
+    # w * sign(w) == |w| with gradient sign(w), 0 at w == 0 (jnp.abs has gradient 1 there).
+    return sum((jnp.sum(w * jnp.sign(w)) for w in leaves), start=jnp.zeros((), jnp.float32))
 
 
 def l2_penalty(

@@ -14,16 +14,19 @@ path with ``.`` and turn ``_<digit>`` into ``.<digit>``:
     layer2_0/downsample_1/scale    <-> layer2.0.downsample.1.weight
 
 The norm layers keep the ``bn*`` names whichever norm is chosen. With ``"frozen_batch"``
-the affine ``scale``/``bias`` sit in ``batch_stats`` next to ``mean``/``var``.
+the affine ``scale``/``bias`` sit in ``batch_stats`` next to ``mean``/``var``. Extra norm
+fields go through ``norm_kwargs``, e.g. ``resnet18(norm="group", norm_kwargs={"num_groups": 8})``
+(``"group"`` defaults to 32 groups, which needs every width divisible by 32).
 """
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import FrozenDict
 
 from mlx_research.nn.normalization import get_norm
 
@@ -51,12 +54,34 @@ def _conv(
     )
 
 
-def _norm_def(norm: str, train: bool, dtype: Dtype) -> ModuleDef:
-    """A ``get_norm`` partial; batch norm uses batch statistics only when ``train``."""
-    kwargs: dict[str, Any] = {"dtype": dtype}
+# Set per layer (name, scale_init) or from ``train`` (use_running_average).
+_RESERVED_NORM_KWARGS = frozenset({"name", "scale_init", "use_running_average"})
+
+
+def _norm_def(
+    norm: str, train: bool, dtype: Dtype, norm_kwargs: Mapping[str, Any] | None = None
+) -> ModuleDef:
+    """A ``get_norm`` partial; batch norm uses batch statistics only when ``train``.
+
+    ``norm_kwargs`` are further fields of the norm layer (``num_groups``, ``epsilon``,
+    ``momentum``, ...); a ``dtype`` there overrides the model's ``dtype`` for the norms.
+
+    Raises:
+        ValueError: if ``norm_kwargs`` sets ``name``, ``scale_init`` or ``use_running_average``.
+    """
+    kwargs: dict[str, Any] = {"dtype": dtype, **(norm_kwargs or {})}
+    reserved = sorted(_RESERVED_NORM_KWARGS & kwargs.keys())
+    if reserved:
+        raise ValueError(f"norm_kwargs may not set {reserved}; the model sets them")
     if norm == "batch":
         kwargs["use_running_average"] = not train
     return functools.partial(get_norm, norm, **kwargs)
+
+
+def _freeze_norm_kwargs(module: nn.Module) -> None:
+    """Stores a ``norm_kwargs`` dict as a ``FrozenDict`` so the module stays hashable."""
+    if module.norm_kwargs is not None:
+        object.__setattr__(module, "norm_kwargs", FrozenDict(module.norm_kwargs))
 
 
 def _residual_scale_init(zero_init_residual: bool) -> Callable[..., jax.Array]:
@@ -68,7 +93,8 @@ class BasicBlock(nn.Module):
 
     Attributes:
         filters: output channels.
-        norm: norm constructor taking ``name`` and ``scale_init``.
+        norm: norm constructor taking ``name`` and ``scale_init``, with any other norm
+            fields bound, e.g. ``functools.partial(get_norm, "group", num_groups=8)``.
         strides: stride of the first conv and of the shortcut.
         zero_init_residual: start the last norm's scale at 0 (block = shortcut at init).
         dtype: computation dtype.
@@ -96,7 +122,8 @@ class Bottleneck(nn.Module):
 
     Attributes:
         filters: width of the 1x1/3x3 convs; the output has ``4 * filters`` channels.
-        norm: norm constructor taking ``name`` and ``scale_init``.
+        norm: norm constructor taking ``name`` and ``scale_init``, with any other norm
+            fields bound, e.g. ``functools.partial(get_norm, "group", num_groups=8)``.
         strides: stride of the 3x3 conv and of the shortcut.
         zero_init_residual: start the last norm's scale at 0 (block = shortcut at init).
         dtype: computation dtype.
@@ -142,6 +169,10 @@ class ResNet(nn.Module):
         block_cls: ``BasicBlock`` or ``Bottleneck``.
         num_filters: stem channels and first-stage width.
         norm: ``"batch"``, ``"group"`` or ``"frozen_batch"`` (any ``get_norm`` name).
+        norm_kwargs: extra fields of every norm layer, e.g. ``{"num_groups": 8}`` for
+            ``"group"`` (default 32 groups, so ``num_filters`` must then be a multiple of 32);
+            ``dtype`` here overrides ``dtype`` for the norms. ``name``, ``scale_init`` and
+            ``use_running_average`` are set by the model and rejected (``ValueError``).
         zero_init_residual: zero-init the last norm scale of every block (torchvision flag).
         dtype: computation dtype (parameters stay float32).
     """
@@ -150,8 +181,13 @@ class ResNet(nn.Module):
     block_cls: type[BasicBlock] | type[Bottleneck]
     num_filters: int = 64
     norm: str = "batch"
+    norm_kwargs: Mapping[str, Any] | None = None
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
+
+    def __post_init__(self) -> None:
+        _freeze_norm_kwargs(self)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
@@ -166,7 +202,7 @@ class ResNet(nn.Module):
             ``{"C2": [N, H/4, W/4, C], "C3": .../8, "C4": .../16, "C5": .../32}`` for four
             stages (``C = num_filters * 2**i * expansion``); one ``C<i+2>`` per stage.
         """
-        norm = _norm_def(self.norm, train, self.dtype)
+        norm = _norm_def(self.norm, train, self.dtype, self.norm_kwargs)
         x = _conv(self.num_filters, 7, 2, 3, self.dtype, "conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -211,17 +247,24 @@ class SmallCNN(nn.Module):
     Attributes:
         features: channels of each stage.
         norm: any ``get_norm`` name.
+        norm_kwargs: extra fields of every norm layer, as in ``ResNet`` (e.g.
+            ``{"num_groups": 4}``: the default 32 groups do not divide 16 channels).
         dtype: computation dtype.
     """
 
     features: Sequence[int] = (16, 32, 64)
     norm: str = "batch"
+    norm_kwargs: Mapping[str, Any] | None = None
     dtype: Dtype = jnp.float32
+
+    def __post_init__(self) -> None:
+        _freeze_norm_kwargs(self)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
         """x: [N, H, W, C_in] -> {"C<k>": [N, ceil(H / 2**k), ceil(W / 2**k), features[k-1]]}."""
-        norm = _norm_def(self.norm, train, self.dtype)
+        norm = _norm_def(self.norm, train, self.dtype, self.norm_kwargs)
         outputs = {}
         for i, width in enumerate(self.features):
             x = _conv(width, 3, 2, 1, self.dtype, f"conv{i + 1}")(x)

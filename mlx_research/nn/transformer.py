@@ -5,8 +5,10 @@ Layers follow ``torch.nn.TransformerEncoderLayer`` / ``TransformerDecoderLayer``
 inside the FFN and on every residual branch). As in DETR's ``transformer.py``, optional
 positional embeddings are added to attention queries and keys (never to values) at every
 layer: ``pos`` for encoder/memory tokens, ``query_pos`` for decoder queries.
-Matrices are initialised with Xavier-uniform (torch ``nn.Transformer`` and DETR reset them
-so) and biases with zeros. Activations are ``[B, T, D]`` with logical axes
+Matrices are initialised with Xavier-uniform and biases with zeros, as torch
+``nn.Transformer`` and DETR reset them; one difference: torch draws the Q/K/V projections from
+one fused ``[3E, E]`` matrix (bound sqrt(6 / 4E)) where each projection here has its own
+(bound sqrt(6 / 2E)). Activations are ``[B, T, D]`` with logical axes
 ``("batch", "length", "embed")``.
 """
 

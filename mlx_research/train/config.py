@@ -108,7 +108,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError (one line) on unknown keys, wrong types and inconsistent values."""
     if not config.get("task"):
         raise ConfigError("config: 'task' is not set")
-    _check(config, default_config(config.task), "")
+    try:
+        reference = default_config(config.task)
+    except ValueError as e:
+        raise ConfigError(f"config: 'task': {e}") from None
+    _check(config, reference, "")
     for key in ("total_steps", "batch_size", "grad_accum_steps", "log_every"):
         if config[key] < 1:
             raise ConfigError(f"config: {key!r} must be >= 1, got {config[key]}")

@@ -53,11 +53,15 @@ class Trainer:
         self.rules = get_rules(config.sharding_rules)
         data_shards = self.mesh.shape["data"]
         micro_batch = config.batch_size // config.grad_accum_steps
-        if micro_batch % data_shards:
-            raise config_lib.ConfigError(
-                f"config: batch_size / grad_accum_steps = {micro_batch} is not divisible by the "
-                f"{data_shards} data-parallel devices of mesh {dict(self.mesh.shape)}"
-            )
+        for name, size in (
+            ("batch_size / grad_accum_steps", micro_batch),
+            ("eval.batch_size", config.eval.batch_size),
+        ):
+            if size % data_shards:
+                raise config_lib.ConfigError(
+                    f"config: {name} = {size} is not divisible by the {data_shards} "
+                    f"data-parallel devices of mesh {dict(self.mesh.shape)}"
+                )
 
         # ---------------------------------------------------------------- task and input
         dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
@@ -111,6 +115,11 @@ class Trainer:
         )
         self.writer = MetricWriter(workdir, enabled=self.is_primary)
 
+    def _say(self, message: str) -> None:
+        """Console message from the primary process only."""
+        if self.is_primary:
+            print(message, flush=True)
+
     @contextlib.contextmanager
     def mesh_context(self):
         """Mesh and logical-axis rules in force while tracing model code."""
@@ -141,9 +150,7 @@ class Trainer:
         restored = self.checkpointer.restore_latest(self.abstract_state())
         if restored is not None:
             step, state, data_state = restored
-            print(
-                f"resumed from checkpoint step {step} in {self.checkpointer.directory}", flush=True
-            )
+            self._say(f"resumed from checkpoint step {step} in {self.checkpointer.directory}")
             return state, data_state
         with self.mesh_context():
             return self._init(jax.random.PRNGKey(self.config.seed)), None
@@ -183,7 +190,7 @@ class Trainer:
         pending: list[dict[str, jax.Array]] = []
         last_saved = start if start else None
         if start >= c.total_steps:
-            print(f"step {start} already reached (total_steps={c.total_steps})", flush=True)
+            self._say(f"step {start} already reached (total_steps={c.total_steps})")
 
         with self.mesh_context(), preempted:
             for step in range(start + 1, c.total_steps + 1):
@@ -193,7 +200,8 @@ class Trainer:
                 final = step == c.total_steps
                 stop = preempted.received or self.checkpointer.reached_preemption(step)
                 save = final or stop or step % c.checkpoint.every_steps == 0
-                if step % c.log_every == 0 or final or save:
+                evaluate = (c.eval_every and step % c.eval_every == 0) or final
+                if step % c.log_every == 0 or save or evaluate:
                     self._check_finite(state, last_saved)
                 if step % c.log_every == 0 or final:
                     scalars = {
@@ -203,24 +211,20 @@ class Trainer:
                         ).items()
                     }
                     pending.clear()
-                    progress.update(step, scalars)
+                    if self.is_primary:
+                        progress.update(step, scalars)
                     self.writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
                 if save:
                     self.checkpointer.save(step, state, it.get_state())
                     last_saved = step
-                if (c.eval_every and step % c.eval_every == 0) or final:
+                if evaluate:
                     scores = self.evaluate(state)
-                    print(
-                        f"eval at step {step}: "
-                        + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
-                        flush=True,
-                    )
+                    self._say(f"eval at step {step}: " + _format(scores))
                     self.writer.write_scalars(step, {f"eval/{k}": v for k, v in scores.items()})
                 if stop:
-                    print(
-                        f"preemption signal: saved checkpoint step {step} in {self.checkpointer.directory}; "
-                        "exiting",
-                        flush=True,
+                    self._say(
+                        f"preemption signal: saved checkpoint step {step} in "
+                        f"{self.checkpointer.directory}; exiting"
                     )
                     break
         self.checkpointer.wait()
@@ -256,6 +260,10 @@ class Trainer:
         self.writer.write_scalars(step, {f"eval/{k}": v for k, v in scores.items()})
         self.writer.flush()
         return scores
+
+
+def _format(scores: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
 
 
 class _SigtermFlag:

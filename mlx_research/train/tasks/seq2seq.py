@@ -73,6 +73,17 @@ class Task(base.Task):
             if m.pipeline and stages > 1 and m[key] % stages:
                 raise ConfigError(f"config: model.{key}={m[key]} is not divisible by "
                                   f"mesh.stage={stages}")
+        if not m.pipeline:
+            return
+        if m.dropout > 0:
+            raise ConfigError(f"config: model.pipeline=True does not support dropout in training; "
+                              f"set model.dropout=0 (got {m.dropout})")
+        micro = config.batch_size // config.grad_accum_steps
+        for name, size in (("batch_size / grad_accum_steps", micro),
+                           ("eval.batch_size", config.eval.batch_size)):
+            if size % m.pipeline_microbatches:
+                raise ConfigError(f"config: {name} = {size} is not divisible by "
+                                  f"model.pipeline_microbatches={m.pipeline_microbatches}")
 
     def __init__(self, config: ml_collections.ConfigDict, dtype: Any):
         super().__init__(config, dtype)
