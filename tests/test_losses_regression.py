@@ -11,6 +11,7 @@ from mlx_research.losses.regression import (
     reduce_loss,
     smooth_l1_loss,
 )
+from tests.numeric import num_grad
 
 REDUCTIONS = ("none", "sum", "mean")
 # Differences input - target, including |x| = beta = 1 and |x| = delta = 2 exactly, and 0.
@@ -31,16 +32,6 @@ def np_smooth_l1(d, beta):
 def np_huber(d, delta):
     d = np.asarray(d, np.float64)
     return np.where(np.abs(d) < delta, 0.5 * d**2, delta * (np.abs(d) - 0.5 * delta))
-
-
-def num_grad(f, x, h=1e-4):
-    x = np.asarray(x, np.float64)
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        step = np.zeros_like(x)
-        step[i] = h
-        grad[i] = (f(x + step) - f(x - step)) / (2 * h)
-    return grad
 
 
 LOSSES = {
@@ -76,7 +67,7 @@ def test_values_all_reductions_and_gradients():
     # Central differences are exact at the C1 joins |x| = beta / delta; L1 and beta = 0 have
     # the subgradient 0 at x = 0, as torch's sign(0).
     for name in ("mse", "smooth_l1", "smooth_l1_beta_0.5", "huber", "huber_delta_2"):
-        want = num_grad(lambda d: LOSSES[name][2](d).sum(), DIFF)
+        want = num_grad(lambda d: LOSSES[name][2](d).sum(), DIFF, h=1e-4)
         np.testing.assert_allclose(grads[name], want, rtol=1e-3, atol=1e-4, err_msg=name)
     for name in ("l1", "smooth_l1_beta_0"):
         np.testing.assert_array_equal(grads[name], np.sign(DIFF))
@@ -109,8 +100,8 @@ def test_broadcasting_and_integer_inputs():
         np.testing.assert_allclose(per_swapped, np_fn(t - x), rtol=1e-5, atol=1e-6, err_msg=name)
         assert np.issubdtype(integer.dtype, np.floating), name
         np.testing.assert_allclose(integer, np_fn(x_int - t_int).mean(), rtol=1e-6, err_msg=name)
-        want_x = num_grad(lambda a: np_fn(a - t).mean(), x)
-        want_t = num_grad(lambda b: np_fn(x - b).mean(), t)  # summed over the broadcast rows
+        want_x = num_grad(lambda a: np_fn(a - t).mean(), x, h=1e-4)
+        want_t = num_grad(lambda b: np_fn(x - b).mean(), t, h=1e-4)  # summed over the broadcast rows
         np.testing.assert_allclose(grad_x, want_x, rtol=1e-3, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(grad_t, want_t, rtol=1e-3, atol=1e-5, err_msg=name)
 

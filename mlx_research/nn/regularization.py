@@ -42,7 +42,8 @@ def _is_box(x: Any) -> bool:
     return isinstance(x, nn.meta.AxisMetadata)
 
 
-def _path_name(path: tuple[Any, ...]) -> str:
+def path_name(path: tuple[Any, ...]) -> str:
+    """The "/"-joined name of a `jax.tree_util` key path, e.g. "encoder/layers_0/kernel"."""
     parts = []
     for entry in path:
         if isinstance(entry, jax.tree_util.DictKey):
@@ -85,7 +86,7 @@ def decay_mask(
       ``optax.add_decayed_weights`` / ``optax.adamw`` / ``optax.masked``.
     """
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: _selected(_path_name(path), include, exclude), params, is_leaf=_is_box
+        lambda path, _: _selected(path_name(path), include, exclude), params, is_leaf=_is_box
     )
 
 
@@ -97,7 +98,7 @@ def _selected_leaves(
     leaves = [
         jnp.asarray(leaf.unbox() if _is_box(leaf) else leaf)
         for path, leaf in flat
-        if _selected(_path_name(path), include, exclude)
+        if _selected(path_name(path), include, exclude)
     ]
     return [w.astype(jnp.promote_types(w.dtype, jnp.float32)) for w in leaves]
 

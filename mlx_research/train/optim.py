@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mlx_research.nn.regularization import decay_mask
+from mlx_research.nn.regularization import decay_mask, path_name
 
 
 def make_schedule(optim: Any, total_steps: int) -> optax.Schedule:
@@ -55,17 +55,6 @@ def scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
-def param_paths(tree: Any) -> list[str]:
-    """The "/"-joined key path of every leaf, in `jax.tree.leaves` order."""
-
-    def name(key) -> str:
-        return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
-
-    return [
-        "/".join(name(k) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
-    ]
-
-
 def lr_multiplier_tree(params: Any, multipliers: Mapping[str, float]) -> Any:
     """Per-leaf factor: the first regex (re.search on the "/"-joined path) that matches, else 1."""
     rules = [(re.compile(p), float(f)) for p, f in multipliers.items()]
@@ -73,7 +62,7 @@ def lr_multiplier_tree(params: Any, multipliers: Mapping[str, float]) -> Any:
     def factor(path: str) -> float:
         return next((f for pattern, f in rules if pattern.search(path)), 1.0)
 
-    return jax.tree.unflatten(jax.tree.structure(params), [factor(p) for p in param_paths(params)])
+    return jax.tree_util.tree_map_with_path(lambda path, _: factor(path_name(path)), params)
 
 
 def make_optimizer(
