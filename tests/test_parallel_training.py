@@ -47,6 +47,7 @@ CASES = {
     "tp_data4_model2": ({"data": 4, "model": 2}, "default", 1, False, 1),
     "tp_data2_model4": ({"data": 2, "model": 4}, "default", 1, False, 1),
     "fsdp8": ({"data": 8}, "fsdp", 1, False, 1),
+    "fsdp_data2_model4": ({"data": 2, "model": 4}, "fsdp", 1, False, 1),
     "pp_data4_stage2": ({"data": 4, "stage": 2}, "default", 4, True, 2),
     "pp_data2_stage4": ({"data": 2, "stage": 4}, "default", 4, True, 4),
     "data2_model2_stage2": ({"data": 2, "model": 2, "stage": 2}, "default", 4, True, 2),
@@ -138,7 +139,7 @@ def run_case(name):
 # meshes against one device, as XLA's memory_analysis() reports them for the trainer's shardings.
 _SNIPPET_SPMD = _COMMON + """
 
-for name in ("dp8", "tp_data4_model2", "tp_data2_model4", "fsdp8"):
+for name in ("dp8", "tp_data4_model2", "tp_data2_model4", "fsdp8", "fsdp_data2_model4"):
     run_case(name)[0].close()
 
 # Collectives of one tensor-parallel encoder layer's forward on data=4 x model=2.
