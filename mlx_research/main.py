@@ -62,9 +62,7 @@ def main(argv: list[str]) -> None:
         if FLAGS.mode == "train":
             t.train()
         else:
-            scores = t.evaluate_checkpoint(FLAGS.step)
-            if jax.process_index() == 0:
-                print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), flush=True)
+            t.evaluate_checkpoint(FLAGS.step)
         t.close()
     except known as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

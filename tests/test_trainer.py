@@ -159,7 +159,7 @@ def test_eval_mode_restores_a_chosen_step(tmp_path):
     out = subprocess.run(main_cmd(tmp_path, "--mode=eval", "--step=2", total_steps=4, every=2),
                          env=_env(), capture_output=True, text=True, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr
-    assert "eval: token_accuracy" in out.stdout
+    assert "eval at step 2: token_accuracy" in out.stdout
     assert any(r["step"] == 2 and "eval/token_accuracy" in r for r in read_metrics(tmp_path))
 
 

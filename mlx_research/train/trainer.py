@@ -218,9 +218,7 @@ class Trainer:
                     self.checkpointer.save(step, state, it.get_state())
                     last_saved = step
                 if evaluate:
-                    scores = self.evaluate(state)
-                    self._say(f"eval at step {step}: " + _format(scores))
-                    self.writer.write_scalars(step, {f"eval/{k}": v for k, v in scores.items()})
+                    self._evaluate_and_report(state, step)
                 if stop:
                     self._say(
                         f"preemption signal: saved checkpoint step {step} in "
@@ -256,14 +254,16 @@ class Trainer:
             )
         step = steps[-1] if step is None else step
         state, _ = self.checkpointer.restore(step, self.abstract_state())
-        scores = self.evaluate(state)
-        self.writer.write_scalars(step, {f"eval/{k}": v for k, v in scores.items()})
+        scores = self._evaluate_and_report(state, step)
         self.writer.flush()
         return scores
 
-
-def _format(scores: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    def _evaluate_and_report(self, state: TrainState, step: int) -> dict[str, float]:
+        """Evaluates, prints one line and writes the scores as "eval/<name>" at `step`."""
+        scores = self.evaluate(state)
+        self._say(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        self.writer.write_scalars(step, {f"eval/{k}": v for k, v in scores.items()})
+        return scores
 
 
 class _SigtermFlag:

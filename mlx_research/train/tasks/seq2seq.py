@@ -64,17 +64,17 @@ class Task(base.Task):
         from mlx_research.train.config import ConfigError  # config imports the task registry
 
         m, stages = config.model, config.mesh.get("stage", 1)
-        if stages > 1 and not m.pipeline:
-            raise ConfigError(f"config: mesh.stage={stages} needs model.pipeline=True")
-        if m.pipeline and m.pipeline_microbatches < 1:
+        if not m.pipeline:
+            if stages > 1:
+                raise ConfigError(f"config: mesh.stage={stages} needs model.pipeline=True")
+            return
+        if m.pipeline_microbatches < 1:
             raise ConfigError(f"config: 'model.pipeline_microbatches' must be >= 1, got "
                               f"{m.pipeline_microbatches}")
         for key in ("num_encoder_layers", "num_decoder_layers"):
-            if m.pipeline and stages > 1 and m[key] % stages:
+            if stages > 1 and m[key] % stages:
                 raise ConfigError(f"config: model.{key}={m[key]} is not divisible by "
                                   f"mesh.stage={stages}")
-        if not m.pipeline:
-            return
         if m.dropout > 0:
             raise ConfigError(f"config: model.pipeline=True does not support dropout in training; "
                               f"set model.dropout=0 (got {m.dropout})")
