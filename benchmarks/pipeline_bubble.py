@@ -14,7 +14,7 @@ the bubble's idle time that real accelerators would waste.
 import json
 from pathlib import Path
 
-from tests.multidevice import run_with_devices
+from mlx_research.testing import run_with_devices
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline_bubble.json"
 NUM_STAGES = 4

@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from mlx_research.parallel.mesh import create_mesh, resolve_axis_sizes
 from mlx_research.parallel.sharding import DEFAULT_RULES, FSDP_RULES, get_rules
-from tests.multidevice import run_with_devices
+from mlx_research.testing import run_with_devices
 
 
 @pytest.mark.parametrize("axes, expected", [

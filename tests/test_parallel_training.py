@@ -16,7 +16,7 @@ import pytest
 
 from mlx_research.models.seq2seq import Seq2SeqTransformer
 from mlx_research.train import config as config_lib
-from tests.multidevice import run_with_devices
+from mlx_research.testing import run_with_devices
 
 LR = 0.5
 STEPS = 3

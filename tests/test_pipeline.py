@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from mlx_research.parallel.mesh import create_mesh
 from mlx_research.parallel.pipeline import bubble_fraction, pipeline_apply
-from tests.multidevice import run_with_devices
+from mlx_research.testing import run_with_devices
 
 # Helpers shared by the in-process tests and the 8-device subprocess snippet, which imports them.
 

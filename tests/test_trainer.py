@@ -18,7 +18,7 @@ from mlx_research.data.pipeline import make_train_iterator
 from mlx_research.train import config as config_lib
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.trainer import NonFiniteLossError, Trainer
-from tests.multidevice import REPO_ROOT, run_with_devices
+from mlx_research.testing import REPO_ROOT, run_with_devices
 
 EXPERIMENT = "experiments/seq2seq/reverse.py"
 # Tiny model and data: a step costs milliseconds, a compile a second or two.

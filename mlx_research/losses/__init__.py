@@ -24,9 +24,9 @@ from mlx_research.losses.regression import (
     huber_loss,
     l1_loss,
     mse_loss,
-    reduce_loss,
     smooth_l1_loss,
 )
+from mlx_research.losses.reduction import reduce_loss
 from mlx_research.losses.weighting import UncertaintyWeighting, uncertainty_weighted_sum
 
 __all__ = [

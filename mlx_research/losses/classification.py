@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from mlx_research.losses.regression import REDUCTIONS, reduce_loss
+from mlx_research.losses.reduction import REDUCTIONS, reduce_loss
 
 
 def _safe_pow(base: jax.Array, exponent: ArrayLike) -> jax.Array:

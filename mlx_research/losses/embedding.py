@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from mlx_research.losses.regression import reduce_loss
+from mlx_research.losses.reduction import reduce_loss
 
 # torch's cosine_embedding_loss adds this to both squared norms (ATen Loss.cpp, EPSILON).
 _COSINE_EMBEDDING_EPS = 1e-12

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from mlx_research.losses.regression import reduce_loss
+from mlx_research.losses.reduction import reduce_loss
 
 # Norm floor when normalising rows, torch F.normalize's default eps.
 _NORMALIZE_EPS = 1e-12

@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlx_research.tree import path_name
+
 Array = jax.Array
 PyTree = Any
 
@@ -40,23 +42,6 @@ Dropout = nn.Dropout
 
 def _is_box(x: Any) -> bool:
     return isinstance(x, nn.meta.AxisMetadata)
-
-
-def path_name(path: tuple[Any, ...]) -> str:
-    """The "/"-joined name of a `jax.tree_util` key path, e.g. "encoder/layers_0/kernel"."""
-    parts = []
-    for entry in path:
-        if isinstance(entry, jax.tree_util.DictKey):
-            parts.append(str(entry.key))
-        elif isinstance(entry, jax.tree_util.GetAttrKey):
-            parts.append(entry.name)
-        elif isinstance(entry, jax.tree_util.SequenceKey):
-            parts.append(str(entry.idx))
-        elif isinstance(entry, jax.tree_util.FlattenedIndexKey):
-            parts.append(str(entry.key))
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
 
 
 def _selected(name: str, include: Sequence[str] | None, exclude: Sequence[str] | None) -> bool:

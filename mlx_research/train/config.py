@@ -12,11 +12,8 @@ from typing import Any
 import ml_collections
 
 from mlx_research.nn.regularization import DEFAULT_EXCLUDE
+from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import get_task
-
-
-class ConfigError(ValueError):
-    """A config problem, reported as one line naming the key."""
 
 
 def trainer_defaults() -> ml_collections.ConfigDict:

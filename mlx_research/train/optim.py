@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mlx_research.nn.regularization import decay_mask, path_name
+from mlx_research.nn.regularization import decay_mask
+from mlx_research.tree import path_name
 
 
 def make_schedule(optim: Any, total_steps: int) -> optax.Schedule:

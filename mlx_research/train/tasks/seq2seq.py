@@ -13,6 +13,7 @@ from mlx_research.data import seq2seq as data
 from mlx_research.losses.classification import cross_entropy
 from mlx_research.models.decoding import greedy_decode
 from mlx_research.models.seq2seq import Seq2SeqTransformer
+from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import base
 
 
@@ -61,8 +62,6 @@ class Task(base.Task):
 
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
-        from mlx_research.train.config import ConfigError  # config imports the task registry
-
         m, stages = config.model, config.mesh.get("stage", 1)
         if not m.pipeline:
             if stages > 1:

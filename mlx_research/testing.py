@@ -11,7 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout holding mlx_research/
 _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
