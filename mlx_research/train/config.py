@@ -50,17 +50,33 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.0  # decoupled (adamw) or L2-style added to gradients (sgd)
     c.optim.wd_exclude = DEFAULT_EXCLUDE  # regexes of parameters without decay (biases, norms)
     c.optim.grad_clip_norm = 0.0  # global-norm clipping if > 0
-    c.optim.lr_multipliers = ml_collections.ConfigDict()  # {path regex: lr factor}
+    # Parameter groups, over "/"-joined parameter paths (e.g. "backbone/layer1_0/conv1/kernel"),
+    # matched with re.search. Command line: --config.optim.frozen="('^backbone/stem',)".
+    c.optim.lr_multipliers = ()  # ((regex, factor), ...): lr x factor; the first match wins
+    c.optim.frozen = ()  # (regex, ...): never updated, no optimizer state, no weight decay
+    # Start from weights (a fresh run only; resuming reads the workdir's checkpoint instead).
+    c.init_from = ml_collections.ConfigDict()
+    c.init_from.path = ""  # .npz / .safetensors file, or another run's workdir / checkpoint dir
+    c.init_from.prefix = ""  # module path the loaded tree goes under (e.g. "backbone")
+    c.init_from.exclude = ()  # regexes of loaded keys to skip (e.g. "^params/fc/")
+    c.data = ml_collections.ConfigDict()  # the task adds its fields (tasks/<name>.py)
+    c.data.num_workers = 0  # threads reading and transforming examples (0 = in the main thread)
+    c.eval = ml_collections.ConfigDict()  # the task adds its fields
+    c.eval.batch_size = 64  # global evaluation batch, every evaluator
     return c
 
 
 def default_config(task: str) -> ml_collections.ConfigDict:
-    """Trainer fields plus `model`, `data` and `eval` from the task's `default_config()`."""
+    """Trainer fields plus the task's `default_config()` (its `data` and `eval` fields are merged
+    into the trainer's, a task value winning)."""
     c = trainer_defaults()
     c.task = task
     task_defaults = get_task(task).default_config()
     for key in task_defaults:
-        c[key] = task_defaults[key]
+        if key in ("data", "eval"):
+            c[key].update(task_defaults[key])
+        else:
+            c[key] = task_defaults[key]
     return c
 
 
@@ -84,8 +100,7 @@ def _check(config: Any, reference: Any, prefix: str) -> None:
                 raise ConfigError(
                     f"config: {name!r} must be a ConfigDict, got {type(got).__name__}"
                 )
-            if key != "lr_multipliers":  # a free-form {regex: factor} map
-                _check(got, want, name + ".")
+            _check(got, want, name + ".")
         elif isinstance(want, bool) or isinstance(got, bool):
             if type(got) is not type(want):
                 raise ConfigError(f"config: {name!r} must be {type(want).__name__}, got {got!r}")
