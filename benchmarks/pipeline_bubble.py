@@ -35,8 +35,8 @@ for micro in {microbatches}:
     t = Trainer(c, tempfile.mkdtemp())
     src = t.task.train_source()
     batch = {{k: np.stack([src[i][k] for i in range(c.batch_size)]) for k in src[0]}}
+    state = t.fresh_state(0)
     with t.mesh_context():
-        state = t._init(jax.random.PRNGKey(0))
         batch = jax.device_put(batch, t.batch_sharding)
         start = time.perf_counter()
         state, metrics = t.train_step(state, batch)

@@ -1,4 +1,5 @@
-"""Entry point: python -m mlx_research.main --config=experiments/x.py --workdir=DIR [--mode=eval].
+"""Entry point: python -m mlx_research.main --config=experiments/x.py --workdir=DIR
+[--mode=eval [--step=N] [--eval=NAME]].
 
 Any config field can be overridden: --config.optim.lr=3e-4. Config, data and checkpoint problems
 end the run with one line naming the problem (exit status 1).
@@ -19,6 +20,7 @@ flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes from the w
 flags.DEFINE_integer(
     "step", None, "With --mode=eval: checkpoint step to evaluate (default latest)."
 )
+flags.DEFINE_string("eval", None, "With --mode=eval: run only this evaluator (default all).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pod, SLURM).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit multi-process).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (explicit multi-process).")
@@ -62,7 +64,7 @@ def main(argv: list[str]) -> None:
         if FLAGS.mode == "train":
             t.train()
         else:
-            t.evaluate_checkpoint(FLAGS.step)
+            t.evaluate_checkpoint(FLAGS.step, FLAGS.eval)
         t.close()
     except known as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

@@ -31,5 +31,5 @@ class Task(seq2seq.Task):
         return PoisonedSource(super().train_source(), self.config.poison_index)
 
     def loss(self, params, model_state, batch, rng):
-        loss, aux = super().loss(params, model_state, batch, rng)
-        return loss + jnp.sum(batch["poison"]), aux
+        (loss_sum, weight), aux = super().loss(params, model_state, batch, rng)
+        return (loss_sum + jnp.sum(batch["poison"]), weight), aux

@@ -115,6 +115,46 @@ def test_eval_single_process_pads_last_batch():
     np.testing.assert_array_equal(ids[:10], np.arange(10))
     np.testing.assert_array_equal(ids[10:], 0)
     np.testing.assert_array_equal(batches[-1]["x"][2:], 0.0)
+    index = np.concatenate([b["index"] for b in batches])
+    np.testing.assert_array_equal(index, np.arange(12))  # padding rows carry index >= len
+
+
+def test_eval_transform_is_applied_and_padding_has_its_shape():
+    def widen(example):
+        return {"id": example["id"], "x": np.concatenate([example["x"], example["x"] + 1])}
+
+    batches = list(make_eval_iterator(_source(5), global_batch_size=4, transform=widen,
+                                      process_index=0, process_count=1, num_workers=2))
+    x = np.concatenate([b["x"] for b in batches])
+    assert x.shape == (8, 4)
+    np.testing.assert_array_equal(x[:5, 2], np.arange(5) + 1)
+    np.testing.assert_array_equal(x[5:], 0.0)
+
+
+def _noisy(example, rng):
+    return {"id": example["id"], "x": example["x"] + rng.uniform(size=2).astype(np.float32)}
+
+
+def test_random_transform_is_seeded_per_stream_position_and_resumes():
+    kwargs = {"global_batch_size": 4, "seed": 5, "process_index": 0, "process_count": 1,
+              "transform": _noisy}
+    first = make_train_iterator(_source(6), **kwargs)
+    batches = [next(first) for _ in range(6)]  # 24 examples: every id drawn 4 times
+    first.close()
+    noise = np.concatenate([b["x"] - b["id"][:, None] for b in batches])
+    ids = np.concatenate([b["id"] for b in batches])
+    assert np.all((noise >= 0) & (noise < 1))
+    for i in range(6):  # a repeated example draws new numbers in every epoch
+        assert len({tuple(row) for row in noise[ids == i]}) == 4
+    resumed = make_train_iterator(_source(6), **kwargs)
+    next(resumed), next(resumed)
+    state = json.loads(json.dumps(resumed.get_state()))
+    again = make_train_iterator(_source(6), **dict(kwargs, num_workers=2))
+    again.set_state(state)
+    for want in batches[2:]:
+        got = next(again)
+        np.testing.assert_array_equal(got["x"], want["x"])
+    resumed.close(), again.close()
 
 
 def test_eval_process_slices_cover_source_in_order():

@@ -84,8 +84,16 @@ def kind(pipeline, layers):
                                    jnp.float32)
         variables = jax.jit(task.init_variables)(jax.random.PRNGKey(0), batches[0])
         params = jax.tree.map(np.asarray, nn.meta.unbox(variables)["params"])
-        kinds[pipeline, layers] = params, jax.jit(jax.value_and_grad(task.loss, has_aux=True))
+        kinds[pipeline, layers] = params, jax.jit(jax.value_and_grad(mean_loss(task), has_aux=True))
     return kinds[pipeline, layers]
+
+
+def mean_loss(task):
+    \"\"\"The task's summed loss divided by its weight (the full-batch mean).\"\"\"
+    def loss(params, model_state, batch, rng):
+        (loss_sum, weight), aux = task.loss(params, model_state, batch, rng)
+        return loss_sum / weight, aux
+    return loss
 
 
 def leaves(tree):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mlx_research.data.seq2seq import BOS_ID, EOS_ID, PAD_ID, SyntheticSeq2Seq
+from mlx_research.data.seq2seq import BOS_ID, EOS_ID, PAD_ID, SyntheticSeq2Seq, relabel_symbols
 
 _EXPECTED_OUTPUT = {
     "reverse": lambda s: s[::-1],
@@ -91,3 +91,23 @@ def test_out_of_range_index():
         ds[3]
     with pytest.raises(IndexError):
         ds[-4]
+
+
+@pytest.mark.parametrize("task", ["reverse", "sort", "copy"])
+def test_relabel_symbols_gives_a_valid_example_of_the_same_length(task):
+    ds = SyntheticSeq2Seq(task, 20, vocab_size=12, min_len=3, max_len=7, seed=1)
+    changed = 0
+    for i in range(len(ds)):
+        ex = ds[i]
+        new = relabel_symbols(ex, np.random.default_rng(i), task, 12)
+        symbols = new["inputs"][new["inputs"] != PAD_ID].tolist()
+        assert len(symbols) == int((ex["inputs"] != PAD_ID).sum())
+        assert all(3 <= s < 12 for s in symbols)
+        want = _EXPECTED_OUTPUT[task](symbols) + [EOS_ID]
+        assert new["targets"][: len(want)].tolist() == want
+        assert np.all(new["targets"][len(want):] == PAD_ID)
+        # a renaming: equal symbols stay equal, different ones stay different
+        old = ex["inputs"][ex["inputs"] != PAD_ID].tolist()
+        assert [a == b for a in old for b in old] == [a == b for a in symbols for b in symbols]
+        changed += symbols != old
+    assert changed >= 18

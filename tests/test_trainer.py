@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,14 +12,18 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
 from mlx_research.data.pipeline import make_train_iterator
 from mlx_research.train import config as config_lib
+from mlx_research.train.init_from import save_variables
 from mlx_research.train.metrics import read_metrics
+from mlx_research.train.step import loss_and_grads
 from mlx_research.train.trainer import NonFiniteLossError, Trainer
 from mlx_research.testing import REPO_ROOT, run_with_devices
+from mlx_research.tree import flatten
 
 EXPERIMENT = "experiments/seq2seq/reverse.py"
 # Tiny model and data: a step costs milliseconds, a compile a second or two.
@@ -113,9 +118,11 @@ def test_train_evaluate_checkpoint_and_single_compile(tmp_path):
     train_rows = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in train_rows] == [2, 4, 6]
     assert all(np.isfinite(r["train/loss"]) and r["train/lr"] > 0 for r in train_rows)
-    evals = [r for r in rows if "eval/token_accuracy" in r]
-    assert [r["step"] for r in evals] == [3, 6] and 0 <= evals[-1]["eval/token_accuracy"] <= 1
-    assert list((tmp_path / "images").glob("eval_predictions_*.png"))
+    evals = [r for r in rows if "eval/decode/token_accuracy" in r]
+    assert [r["step"] for r in evals] == [3, 6]
+    assert trainer.predict["decode"]._cache_size() == 1  # predict compiled once for both evals
+    assert sorted(p.name for p in (tmp_path / "images").glob("decode_predictions_*.png")) == [
+        "decode_predictions_3.png", "decode_predictions_6.png"]
     assert json.loads((tmp_path / "config.json").read_text())["task"] == "seq2seq"
     # A second run in the same workdir resumes at the end and does nothing more.
     again = Trainer(config, str(tmp_path))
@@ -123,23 +130,104 @@ def test_train_evaluate_checkpoint_and_single_compile(tmp_path):
     again.close()
 
 
-def test_gradient_accumulation_equals_full_batch(tmp_path):
-    # Equal-length sequences, so the per-token mean of the batch is the mean of micro-batch means.
-    def run(accum):
-        config = tiny_config(total_steps=1, grad_accum_steps=accum)
-        config.data.update(task="copy", min_len=5, max_len=5)
-        config.optim.name, config.optim.lr = "sgd", 0.5
-        trainer = Trainer(config, str(tmp_path / f"accum{accum}"))
-        batches = make_train_iterator(trainer.task.train_source(), global_batch_size=8, seed=0)
-        with trainer.mesh_context():
-            state = trainer._init(jax.random.PRNGKey(0))
-            state, metrics = trainer.train_step(state, jax.tree.map(jnp.asarray, next(batches)))
-        return jax.tree.map(np.asarray, state.params), float(metrics["loss"])
+def _variable_length_batch(trainer, size=8):
+    batch = next(make_train_iterator(trainer.train_source, global_batch_size=size, seed=3))
+    lengths = (batch["targets"] != 0).sum(1)
+    assert len(set(lengths.tolist())) > 2  # really variable-length
+    return jax.tree.map(jnp.asarray, batch)
 
-    params_1, loss_1 = run(1)
-    params_4, loss_4 = run(4)
-    np.testing.assert_allclose(loss_4, loss_1, rtol=1e-5)
-    assert_trees_equal(params_1, params_4, rtol=1e-5)
+
+def _full_batch_token_mean_grad(trainer, params, batch):
+    """Reference: d/dparams of (sum of token cross-entropies) / (number of tokens), whole batch."""
+    from mlx_research.train.tasks.seq2seq import shift_right
+
+    def loss(params):
+        logits = trainer.task.model.apply(
+            {"params": params}, batch["inputs"], shift_right(batch["targets"]), train=False)
+        real = batch["targets"] != 0
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        return jnp.sum(jnp.where(real, nll, 0.0)) / jnp.sum(real)
+
+    return jax.value_and_grad(loss)(params)
+
+
+@pytest.mark.parametrize("accum", [2, 4])
+def test_gradient_accumulation_equals_full_batch_gradient(tmp_path, accum):
+    config = tiny_config(total_steps=1, grad_accum_steps=accum, batch_size=8)
+    config.data.update(task="copy", min_len=1, max_len=6)
+    config.optim.update(name="sgd", lr=1.0, momentum=0.0, schedule="constant", grad_clip_norm=0.0)
+    trainer = Trainer(config, str(tmp_path))
+    batch = _variable_length_batch(trainer)
+    state = trainer.fresh_state(0)
+    params = jax.tree.map(np.asarray, state.params)
+    want_loss, want = _full_batch_token_mean_grad(trainer, params, batch)
+    loss, grads, _, _ = jax.jit(loss_and_grads, static_argnums=(0, 5))(
+        trainer.task, params, {}, batch, jax.random.PRNGKey(0), accum)
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-6)
+    scale = max(np.abs(g).max() for g in jax.tree.leaves(want))
+    err = max(np.abs(np.asarray(a) - b).max() for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)))
+    assert err / scale < 1e-6, err / scale
+    # Through the jitted train step: SGD(lr=1) moves the parameters by exactly that gradient.
+    with trainer.mesh_context():
+        new_state, metrics = trainer.train_step(state, batch)
+    np.testing.assert_allclose(float(metrics["loss"]), float(want_loss), rtol=1e-6)
+    moved = jax.tree.map(lambda a, b: a - np.asarray(b), params, new_state.params)
+    err = max(np.abs(m - g).max() for m, g in zip(jax.tree.leaves(moved), jax.tree.leaves(want)))
+    assert err / scale < 1e-4, err / scale  # float32 rounding of p - (p - g)
+    trainer.close()
+
+
+def test_dropout_rng_differs_per_step_and_replays_on_resume(tmp_path):
+    def codes(workdir, total_steps):
+        config = tiny_config(total_steps=total_steps, log_every=1)
+        config = _as_task(config, "tests.probe_task")
+        config.checkpoint.every_steps = 3
+        trainer = Trainer(config, str(workdir))
+        trainer.train()
+        trainer.close()
+        return {r["step"]: r["train/dropout_code"] for r in read_metrics(workdir)
+                if "train/dropout_code" in r}
+
+    straight = codes(tmp_path / "straight", 6)
+    assert len(set(straight.values())) == 6  # a new mask at every step
+    codes(tmp_path / "resumed", 3)
+    resumed = codes(tmp_path / "resumed", 6)  # resumes from the step-3 checkpoint
+    assert {s: resumed[s] for s in (4, 5, 6)} == {s: straight[s] for s in (4, 5, 6)}
+
+
+def _as_task(config, task):
+    from mlx_research.train.config import default_config
+
+    full = default_config(task)
+    full.update(config)
+    full.task = task
+    return full
+
+
+def _index_scores(scores, n):
+    return {k.split("/", 1)[1]: v for k, v in scores.items() if k.startswith("indices/")} == {
+        "seen": n, "distinct": n, "min": 0, "max": n - 1, "mismatched": 0}
+
+
+def test_evaluator_sees_every_example_once(tmp_path):
+    config = _as_task(tiny_config(), "tests.probe_task")
+    config.eval.update(batch_size=4, num_index_examples=13)  # 4 batches, the last with 3 rows of padding
+    trainer = Trainer(config, str(tmp_path))
+    scores = trainer.evaluate(trainer.fresh_state(), ["indices"])
+    trainer.close()
+    assert _index_scores(scores, 13), scores
+    out = run_with_devices("""
+        from tests.test_trainer import tiny_config, _as_task, _index_scores
+        from mlx_research.train.trainer import Trainer
+        import tempfile
+        config = _as_task(tiny_config(), "tests.probe_task")
+        config.eval.update(batch_size=8, num_index_examples=21)  # 3 batches over 8 devices
+        trainer = Trainer(config, tempfile.mkdtemp())
+        scores = trainer.evaluate(trainer.fresh_state(), ["indices"])
+        assert _index_scores(scores, 21), scores
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")
 
 
 def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
@@ -156,22 +244,28 @@ def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
 def test_eval_mode_restores_a_chosen_step(tmp_path):
     subprocess.run(main_cmd(tmp_path, total_steps=4, every=2), env=_env(), check=True,
                    capture_output=True, cwd=REPO_ROOT)
-    out = subprocess.run(main_cmd(tmp_path, "--mode=eval", "--step=2", total_steps=4, every=2),
-                         env=_env(), capture_output=True, text=True, cwd=REPO_ROOT)
+    out = subprocess.run(
+        main_cmd(tmp_path, "--mode=eval", "--step=2", "--eval=decode", total_steps=4, every=2),
+        env=_env(), capture_output=True, text=True, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr
-    assert "eval at step 2: token_accuracy" in out.stdout
-    assert any(r["step"] == 2 and "eval/token_accuracy" in r for r in read_metrics(tmp_path))
+    assert "eval at step 2: decode/token_accuracy" in out.stdout
+    assert any(r["step"] == 2 and "eval/decode/token_accuracy" in r for r in read_metrics(tmp_path))
+    out = subprocess.run(main_cmd(tmp_path, "--mode=eval", "--eval=nosuch", total_steps=4, every=2),
+                         env=_env(), capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.returncode == 1
+    assert out.stderr.strip() == "error: --eval=nosuch: the task's evaluators are decode"
 
 
-def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
-    total = 40
+def test_sigkill_and_resume_with_random_transform_is_bitwise_identical(tmp_path):
+    total, augment = 40, "--config.data.relabel_symbols=True"
     ref = tmp_path / "uninterrupted"
-    subprocess.run(main_cmd(ref, total_steps=total, every=5), env=_env(), check=True,
+    subprocess.run(main_cmd(ref, augment, total_steps=total, every=5), env=_env(), check=True,
                    capture_output=True, cwd=REPO_ROOT)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(main_cmd(run, total_steps=total, every=5), env=_env(), cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(main_cmd(run, augment, total_steps=total, every=5), env=_env(),
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
     for line in proc.stdout:
         if line.startswith("step") and int(line.split()[1].split("/")[0]) >= 12:
             proc.send_signal(signal.SIGKILL)
@@ -181,7 +275,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     saved = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and max(saved) < total  # really interrupted mid-run
 
-    resumed = subprocess.run(main_cmd(run, total_steps=total, every=5), env=_env(),
+    resumed = subprocess.run(main_cmd(run, augment, total_steps=total, every=5), env=_env(),
                              capture_output=True, text=True, cwd=REPO_ROOT)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from checkpoint step {max(saved)}" in resumed.stdout
@@ -189,6 +283,11 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     step_b, params_b = restore_params(run)
     assert step_a == step_b == total
     assert_trees_equal(params_a, params_b)
+    plain = tmp_path / "no_transform"  # the transform really changed the training
+    subprocess.run(main_cmd(plain, total_steps=total, every=total), env=_env(), check=True,
+                   capture_output=True, cwd=REPO_ROOT)
+    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(params_a),
+                                               jax.tree.leaves(restore_params(plain)[1])))
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
@@ -241,36 +340,68 @@ def test_restore_across_device_counts(tmp_path):
     assert_trees_equal(jax.tree.map(np.asarray, state.params), saved_eight)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+STAND_IN_SRUN = """#!/usr/bin/env bash
+# Stand-in for srun: two local tasks of one job, with the variables SLURM sets for them.
+set -u
+pids=()
+for i in 0 1; do
+  SLURM_JOB_ID={job_id} SLURM_NTASKS=2 SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_NODEID=0 \\
+  SLURM_STEP_NODELIST=localhost SLURM_STEP_NUM_NODES=1 "$@" > "{logs}/task$i.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${{pids[@]}}"; do wait "$pid" || status=1; done
+exit $status
+"""
 
 
-def test_two_processes_data_parallel_match_single_process(tmp_path):
+def _slurm_job_id():
+    """A job id whose derived coordinator port (jax: 61440 + id % 4096) is free now."""
+    for job_id in np.random.default_rng().permutation(4096):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", 61440 + int(job_id)))
+            except OSError:
+                continue
+            return int(job_id)
+    raise RuntimeError("no free port in jax's SLURM coordinator range")
+
+
+def test_slurm_launch_two_processes_train_evaluate_and_match_one_process(tmp_path):
     # SGD, not Adam: Adam rescales gradients that are pure rounding noise (e.g. the key bias,
     # which softmax ignores) to full-size steps, so its parameters cannot agree to a tolerance.
-    sgd = ("--config.optim.name=sgd", "--config.optim.lr=0.5")
+    flags = ("--config.optim.name=sgd", "--config.optim.lr=0.5", "--config.task=tests.probe_task",
+             "--config.eval.num_index_examples=13", "--config.eval.batch_size=4",
+             "--config.write_images=True", "--config.eval_every=2")
     single = tmp_path / "single"
-    subprocess.run(main_cmd(single, *sgd, total_steps=4, every=4), env=_env(), check=True,
+    subprocess.run(main_cmd(single, *flags, total_steps=4, every=4), env=_env(), check=True,
                    capture_output=True, cwd=REPO_ROOT)
-    multi = tmp_path / "multi"
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            main_cmd(multi, *sgd, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                     f"--process_id={i}", total_steps=4, every=4),
-            env=_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    assert "workdir" in outs[0][0] and "workdir" not in outs[1][0]  # only process 0 reports
+
+    bin_dir, logs, multi = tmp_path / "bin", tmp_path / "logs", tmp_path / "multi"
+    bin_dir.mkdir(), logs.mkdir()
+    srun = bin_dir / "srun"
+    srun.write_text(STAND_IN_SRUN.format(job_id=_slurm_job_id(), logs=logs))
+    srun.chmod(0o755)
+    env = dict(_env(), PATH=f"{bin_dir}:{os.environ['PATH']}", MLX_PYTHON=sys.executable)
+    cmd = ["./launch.sh", EXPERIMENT, f"--workdir={multi}", "--slurm", *TINY, *flags,
+           "--config.total_steps=4", "--config.checkpoint.every_steps=4", "--config.log_every=1"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=400)
+    task_logs = [(logs / f"task{i}.log").read_text() for i in range(2)]
+    assert out.returncode == 0, out.stderr[-2000:] + "\n".join(t[-3000:] for t in task_logs)
+    assert "workdir" in task_logs[0] and "workdir" not in task_logs[1]  # only process 0 reports
+    assert "eval at step 4: decode/token_accuracy" in task_logs[0]
+    # Evaluation over two processes: every example exactly once, with its own prediction.
+    evals = [r for r in read_metrics(multi) if "eval/indices/seen" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(_index_scores({k[5:]: v for k, v in r.items() if k.startswith("eval/")}, 13)
+               for r in evals), evals
+    assert sorted(p.name for p in (multi / "images").glob("*_4.png")) == [
+        "decode_predictions_4.png", "indices_echo_4.png"]
     _, params_single = restore_params(single)
-    _, params_multi = restore_params(multi)
+    step, params_multi = restore_params(multi)
+    assert step == 4
     assert_trees_equal(params_single, params_multi, rtol=1e-5)
-    start = Trainer(tiny_config(), str(tmp_path / "fresh"))._init(jax.random.PRNGKey(0)).params
+    start = Trainer(tiny_config(), str(tmp_path / "fresh")).fresh_state(0).params
     moved = [np.abs(a - np.asarray(b)).max() for a, b in
              zip(jax.tree.leaves(params_single), jax.tree.leaves(start))]
     assert max(moved) > 1e-3  # the runs really trained
@@ -321,6 +452,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
         ("--config.optim.lr=abc", "--config.optim.lr=abc"),
         ("--config.total_steps=1.5", "--config.total_steps=1.5"),
         ("--config.optim.schedule=poly", "'optim.schedule' must be one of cosine, step, constant"),
+        ("--config.optim.frozen=('^nosuch/',)", "optim.frozen"),
+        ("--config.init_from.path=/no/such.npz", "'init_from.path': /no/such.npz does not exist"),
     ],
 )
 def test_bad_config_fails_with_one_line(tmp_path, flag, message):
@@ -351,3 +484,54 @@ def test_validate_unknown_key_and_type():
     config.total_steps = "100"
     with pytest.raises(config_lib.ConfigError, match="'total_steps' must be int"):
         config_lib.validate(config)
+
+
+def test_init_from_round_trips_and_names_a_mis_shaped_key(tmp_path):
+    source = tmp_path / "source"
+    trainer = Trainer(tiny_config(total_steps=2), str(source))
+    trainer.train()
+    trainer.close()
+    _, trained = restore_params(source)
+
+    def fresh_params(path="", prefix="", workdir="run"):
+        config = tiny_config()
+        config.init_from.update(path=str(path), prefix=prefix)
+        trainer = Trainer(config, str(tmp_path / workdir))
+        try:
+            return jax.tree.map(np.asarray, trainer.fresh_state().params)
+        finally:
+            trainer.close()
+
+    assert_trees_equal(fresh_params(source), trained)  # another run's workdir (Orbax)
+    save_variables(str(tmp_path / "encoder.npz"), {"params": trained["encoder"]})
+    seeded = fresh_params()
+    loaded = fresh_params(tmp_path / "encoder.npz", prefix="encoder")
+    assert_trees_equal(loaded["encoder"], trained["encoder"])  # placed under the prefix
+    assert_trees_equal(loaded["decoder"], seeded["decoder"])  # the rest from the seed
+    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(trained["encoder"]),
+                                               jax.tree.leaves(seeded["encoder"])))
+    flat = flatten({"params": trained["encoder"]})
+    key = sorted(flat)[0]
+    flat[key] = flat[key][..., :-1]
+    np.savez(tmp_path / "bad.npz", **flat)
+    with pytest.raises(config_lib.ConfigError, match=re.escape(key)):
+        fresh_params(tmp_path / "bad.npz", prefix="encoder")
+
+
+def test_frozen_group_is_bitwise_unchanged_and_group_lrs_are_logged(tmp_path):
+    config = tiny_config(total_steps=3, log_every=1)
+    config.optim.frozen = ("^encoder/",)
+    config.optim.lr_multipliers = (("^decoder/", 0.5),)
+    trainer = Trainer(config, str(tmp_path))
+    start = jax.tree.map(np.asarray, trainer.fresh_state().params)
+    state = trainer.train()
+    trainer.close()
+    end = jax.tree.map(np.asarray, state.params)
+    assert_trees_equal(end["encoder"], start["encoder"])
+    assert all(np.any(a != b) for a, b in zip(jax.tree.leaves(end["decoder"]),
+                                               jax.tree.leaves(start["decoder"])))
+    rows = [r for r in read_metrics(tmp_path) if "train/lr" in r]
+    group = [k for k in rows[0] if k.startswith("train/lr/")]
+    assert len(group) == 1 and len(rows) == 3
+    for r in rows:
+        np.testing.assert_allclose(r[group[0]], 0.5 * r["train/lr"], rtol=1e-6)

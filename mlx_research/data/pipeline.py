@@ -2,7 +2,8 @@
 
 A *source* is anything with ``__len__`` and ``__getitem__`` returning a dict of numpy arrays
 (a grain ``RandomAccessDataSource`` or e.g. :class:`mlx_research.data.seq2seq.SyntheticSeq2Seq`).
-Batches are dicts of numpy arrays stacked along a new leading axis of size
+Examples pass through a transform stage (augmentation for training, resizing for evaluation)
+before batching. Batches are dicts of numpy arrays stacked along a new leading axis of size
 ``global_batch_size // process_count``; each process reads only its own slice of every global
 batch, and :func:`to_global_batch` assembles the slices into one sharded ``jax.Array``.
 """
@@ -46,11 +47,38 @@ def _per_process_batch_size(
     return global_batch_size // process_count, process_index, process_count
 
 
-def _read_options(prefetch: int) -> grain.ReadOptions:
-    """One background thread reading up to ``prefetch`` batches ahead (0: synchronous)."""
-    if prefetch < 0:
-        raise ValueError(f"prefetch={prefetch} must be >= 0.")
-    return grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
+RandomTransform = Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]
+Transform = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def _read_options(prefetch: int, num_workers: int) -> grain.ReadOptions:
+    """``num_workers`` threads reading and transforming examples, up to ``prefetch`` batches
+    ahead; with ``num_workers=0`` one background thread (none when ``prefetch=0`` too)."""
+    if prefetch < 0 or num_workers < 0:
+        raise ValueError(f"prefetch={prefetch} and num_workers={num_workers} must be >= 0.")
+    threads = num_workers or (1 if prefetch else 0)
+    return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(prefetch, threads))
+
+
+def transformed_train_stream(
+    source: RandomAccessSource,
+    *,
+    seed: int,
+    transform: RandomTransform | None = None,
+    shuffle: bool = True,
+) -> grain.MapDataset:
+    """The infinite training stream before batching: ``source`` shuffled with ``seed`` (reshuffled
+    every epoch), repeated, then ``transform(example, rng)`` with an ``rng`` seeded by ``seed`` and
+    the position in the stream (so a repeated example draws new numbers, a resumed run the same)."""
+    if len(source) == 0:
+        raise ValueError("source is empty; a training iterator needs at least one example.")
+    dataset = grain.MapDataset.source(source)
+    if shuffle:
+        dataset = dataset.shuffle(seed=seed)
+    dataset = dataset.repeat(None)
+    if transform is not None:
+        dataset = dataset.random_map(transform, seed=seed)
+    return dataset
 
 
 def make_train_iterator(
@@ -58,10 +86,12 @@ def make_train_iterator(
     *,
     global_batch_size: int,
     seed: int,
+    transform: RandomTransform | None = None,
     shuffle: bool = True,
     process_index: int | None = None,
     process_count: int | None = None,
     prefetch: int = 2,
+    num_workers: int = 0,
 ) -> grain.DatasetIterator:
     """Builds an infinite, deterministic, checkpointable training iterator.
 
@@ -73,11 +103,13 @@ def make_train_iterator(
     Args:
       source: random-access source of dict examples; must not be empty.
       global_batch_size: examples per step over all processes; divisible by ``process_count``.
-      seed: shuffle seed in ``[0, 2**32)``.
+      seed: shuffle and transform seed in ``[0, 2**32)``.
+      transform: ``(example, np.random.Generator) -> example`` (see `transformed_train_stream`).
       shuffle: if False, epochs run in source order.
       process_index: this process; defaults to ``jax.process_index()``.
       process_count: number of processes; defaults to ``jax.process_count()``.
-      prefetch: batches read ahead by a background thread (0 disables it).
+      prefetch: batches read ahead in the background.
+      num_workers: threads reading and transforming examples in parallel.
 
     Returns:
       A grain iterator yielding ``dict[str, np.ndarray]`` with leading dim ``b``;
@@ -87,26 +119,26 @@ def make_train_iterator(
     local_batch_size, process_index, process_count = _per_process_batch_size(
         global_batch_size, process_index, process_count
     )
-    if len(source) == 0:
-        raise ValueError("source is empty; a training iterator needs at least one example.")
-    dataset = grain.MapDataset.source(source)
-    if shuffle:
-        dataset = dataset.shuffle(seed=seed)
+    dataset = transformed_train_stream(source, seed=seed, transform=transform, shuffle=shuffle)
     # Local batch j covers stream rows [j*b, (j+1)*b): global batch g is local batches
     # g*P .. g*P+P-1, so process p takes every P-th local batch starting at p.
-    dataset = dataset.repeat(None).batch(local_batch_size)
+    dataset = dataset.batch(local_batch_size)
     dataset = dataset.slice(slice(process_index, None, process_count))
-    return iter(dataset.to_iter_dataset(_read_options(prefetch)))
+    return iter(dataset.to_iter_dataset(_read_options(prefetch, num_workers)))
 
 
-def _with_valid(source: RandomAccessSource, size: int) -> Callable[[int], Batch]:
-    """Returns index -> example with a "valid" flag; indices >= len(source) give zero padding."""
-    padding = {k: np.zeros_like(v) for k, v in source[0].items()} if size else {}
+def _indexed_example(
+    source: RandomAccessSource, transform: Transform | None
+) -> Callable[[int], Batch]:
+    """index -> transformed example with "index" and "valid"; indices >= len(source) give zeros
+    shaped like the first transformed example, with valid=False."""
+    size, transform = len(source), transform or (lambda example: example)
+    padding = {k: np.zeros_like(v) for k, v in transform(dict(source[0])).items()}
 
     def example(index: int) -> Batch:
         if index < size:
-            return {**source[index], "valid": np.array(True)}
-        return {**padding, "valid": np.array(False)}
+            return {**transform(dict(source[index])), "index": np.int32(index), "valid": np.True_}
+        return {**padding, "index": np.int32(index), "valid": np.False_}
 
     return example
 
@@ -115,34 +147,41 @@ def make_eval_iterator(
     source: RandomAccessSource,
     *,
     global_batch_size: int,
+    transform: Transform | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
+    num_workers: int = 0,
 ) -> grain.DatasetIterator:
     """Builds one in-order pass over ``source`` with a padded, static-shape last batch.
 
     Global batch ``g`` holds examples ``[g * B, (g + 1) * B)``; process ``p`` takes its rows
     ``[p * b, (p + 1) * b)`` of each. Rows past the end of ``source`` are zeros shaped like
-    ``source[0]``. Every process yields the same number of batches, ``ceil(len(source) / B)``.
+    the first example. Every process yields the same number of batches, ``ceil(len(source) / B)``.
 
     Args:
-      source: random-access source of dict examples (without a "valid" key).
+      source: random-access source of dict examples (without "index" / "valid" keys).
       global_batch_size: ``B``, examples per step over all processes.
+      transform: deterministic ``example -> example`` applied before batching.
       process_index: this process; defaults to ``jax.process_index()``.
       process_count: number of processes; defaults to ``jax.process_count()``.
+      num_workers: threads reading and transforming examples in parallel.
 
     Returns:
       A grain iterator of ``dict[str, np.ndarray]`` batches with leading dim
-      ``b = B // process_count``, each with ``"valid": [b] bool`` (True for real examples).
+      ``b = B // process_count``, each with ``"index": [b] int32`` (position in ``source``) and
+      ``"valid": [b] bool`` (True for real examples, False for the padding rows).
     """
     local_batch_size, process_index, process_count = _per_process_batch_size(
         global_batch_size, process_index, process_count
     )
     size = len(source)
+    if size == 0:
+        raise ValueError("source is empty; an evaluation needs at least one example.")
     num_batches = -(-size // global_batch_size)
     dataset = grain.MapDataset.range(num_batches * global_batch_size)
-    dataset = dataset.map(_with_valid(source, size)).batch(local_batch_size)
+    dataset = dataset.map(_indexed_example(source, transform)).batch(local_batch_size)
     dataset = dataset.slice(slice(process_index, None, process_count))
-    return iter(dataset.to_iter_dataset(_read_options(2)))
+    return iter(dataset.to_iter_dataset(_read_options(2, num_workers)))
 
 
 def to_global_batch(local_batch: Any, sharding: jax.sharding.Sharding) -> Any:

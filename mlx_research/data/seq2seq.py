@@ -90,9 +90,28 @@ class SyntheticSeq2Seq:
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
         length = int(rng.integers(self.min_len, self.max_len + 1))
         symbols = rng.integers(_FIRST_SYMBOL, self.vocab_size, size=length).astype(np.int32)
-        inputs = np.full(self.max_len, PAD_ID, np.int32)
-        inputs[:length] = symbols
-        targets = np.full(self.max_len + 1, PAD_ID, np.int32)
-        targets[:length] = _TASKS[self.task](symbols)
-        targets[length] = EOS_ID
-        return {"inputs": inputs, "targets": targets}
+        return make_example(self.task, symbols, self.max_len)
+
+
+def make_example(task: str, symbols: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
+    """{"inputs": [max_len], "targets": [max_len + 1]} int32 of `task` on `symbols` [L]."""
+    length = len(symbols)
+    inputs = np.full(max_len, PAD_ID, np.int32)
+    inputs[:length] = symbols
+    targets = np.full(max_len + 1, PAD_ID, np.int32)
+    targets[:length] = _TASKS[task](symbols)
+    targets[length] = EOS_ID
+    return {"inputs": inputs, "targets": targets}
+
+
+def relabel_symbols(
+    example: dict[str, np.ndarray], rng: np.random.Generator, task: str, vocab_size: int
+) -> dict[str, np.ndarray]:
+    """Augmentation: renames the symbols by a random permutation of [3, vocab_size) and
+    recomputes the targets (every task is defined for any symbols, so this is a new valid
+    example of the same length)."""
+    inputs = example["inputs"]
+    names = np.arange(vocab_size, dtype=np.int32)
+    names[_FIRST_SYMBOL:] = rng.permutation(names[_FIRST_SYMBOL:])
+    symbols = names[inputs[inputs != PAD_ID]]
+    return make_example(task, symbols, len(inputs))

@@ -7,6 +7,7 @@ with one line that names the key.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ml_collections
@@ -125,9 +126,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     except ValueError as e:
         raise ConfigError(f"config: 'task': {e}") from None
     _check(config, reference, "")
-    for key in ("total_steps", "batch_size", "grad_accum_steps", "log_every"):
-        if config[key] < 1:
-            raise ConfigError(f"config: {key!r} must be >= 1, got {config[key]}")
+    for key in ("total_steps", "batch_size", "grad_accum_steps", "log_every", "eval.batch_size"):
+        value = config.eval.batch_size if key == "eval.batch_size" else config[key]
+        if value < 1:
+            raise ConfigError(f"config: {key!r} must be >= 1, got {value}")
+    if config.data.num_workers < 0:
+        raise ConfigError(f"config: 'data.num_workers' must be >= 0, got {config.data.num_workers}")
+    if config.init_from.path and not os.path.exists(config.init_from.path):
+        raise ConfigError(f"config: 'init_from.path': {config.init_from.path} does not exist")
     if config.batch_size % config.grad_accum_steps:
         raise ConfigError(
             f"config: batch_size={config.batch_size} is not divisible by "
@@ -140,3 +146,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if value not in choices:
             raise ConfigError(f"config: {key!r} must be one of {', '.join(choices)}; got {value!r}")
     get_task(config.task).validate_config(config)
+
+
+def check_batch_divisible(config: ml_collections.ConfigDict, divisor: int, what: str) -> None:
+    """Raises ConfigError unless the micro-batch (batch_size / grad_accum_steps) and
+    eval.batch_size are multiples of `divisor` (`what` names it, e.g. "the 8 data devices")."""
+    micro = config.batch_size // config.grad_accum_steps
+    for name, size in (("batch_size / grad_accum_steps", micro),
+                       ("eval.batch_size", config.eval.batch_size)):
+        if size % divisor:
+            raise ConfigError(f"config: {name} = {size} is not divisible by {what}")

@@ -1,8 +1,8 @@
-"""The pure train and eval steps (jitted by the trainer with explicit shardings)."""
+"""The pure train step (jitted by the trainer with explicit shardings)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,35 +20,64 @@ def split_microbatches(batch: Batch, num: int) -> Batch:
     )
 
 
-def _loss_and_grads(task: Task, state: TrainState, batch: Batch, rng: jax.Array, accum_steps: int):
-    grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+def loss_and_grads(
+    task: Task, params: Any, model_state: Any, batch: Batch, rng: jax.Array, accum_steps: int = 1
+) -> tuple[jax.Array, Any, dict[str, jax.Array], Any]:
+    """The batch's normalised loss and its gradient, over `accum_steps` sequential micro-batches.
+
+    Loss sums, weights and gradients of the sums are added over the micro-batches and divided
+    once by the total weight, so the result is the full-batch gradient whatever the normaliser
+    (tokens, boxes, examples). Micro-batch j draws its random numbers from fold_in(rng, j).
+    Metrics are the mean over micro-batches. A total weight of 0 gives a zero loss and gradient.
+
+    Returns:
+        (loss, grads, metrics with "loss" and "loss_weight", updated model_state).
+    """
+
+    def objective(params, model_state, batch, rng):
+        (loss_sum, weight), (metrics, model_state) = task.loss(params, model_state, batch, rng)
+        return loss_sum, (weight, metrics, model_state)
+
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
     if accum_steps == 1:
-        (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
-        return dict(metrics, loss=loss), model_state, grads
-
-    def body(carry, inputs):
-        grads_sum, model_state = carry
-        micro_batch, index = inputs
-        (loss, (metrics, model_state)), grads = grad_fn(
-            state.params, model_state, micro_batch, jax.random.fold_in(rng, index)
+        (loss_sum, (weight, metrics, model_state)), grads = grad_fn(
+            params, model_state, batch, rng
         )
-        return (jax.tree.map(jnp.add, grads_sum, grads), model_state), dict(metrics, loss=loss)
+    else:
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (grads, model_state), metrics = jax.lax.scan(
-        body,
-        (zeros, state.model_state),
-        (split_microbatches(batch, accum_steps), jnp.arange(accum_steps)),
-    )
-    grads = jax.tree.map(lambda g: g / accum_steps, grads)
-    return jax.tree.map(jnp.mean, metrics), model_state, grads
+        def body(carry, inputs):
+            loss_sum, weight, grads, model_state = carry
+            micro_batch, index = inputs
+            (micro_loss, (micro_weight, metrics, model_state)), micro_grads = grad_fn(
+                params, model_state, micro_batch, jax.random.fold_in(rng, index)
+            )
+            grads = jax.tree.map(jnp.add, grads, micro_grads)
+            return (loss_sum + micro_loss, weight + micro_weight, grads, model_state), metrics
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros, model_state)
+        (loss_sum, weight, grads, model_state), metrics = jax.lax.scan(
+            body, init, (split_microbatches(batch, accum_steps), jnp.arange(accum_steps))
+        )
+        metrics = jax.tree.map(jnp.mean, metrics)
+    weight = jnp.asarray(weight, jnp.float32)
+    scale = jnp.where(weight > 0, 1.0 / jnp.where(weight > 0, weight, 1.0), 0.0)
+    grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+    loss = loss_sum * scale
+    return loss, grads, dict(metrics, loss=loss, loss_weight=weight), model_state
 
 
 def make_train_step(
-    task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule, accum_steps: int = 1
+    task: Task,
+    tx: optax.GradientTransformation,
+    learning_rates: Callable[[jax.Array], dict[str, jax.Array]],
+    accum_steps: int = 1,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """One optimizer update. With accum_steps > 1 the gradient is the mean over sequential
-    micro-batches (equal to the full-batch gradient when the loss is a mean over examples).
+    """One optimizer update on the full-batch gradient (see `loss_and_grads`).
+
+    `learning_rates(step)` gives the logged learning rate of each parameter group. Dropout and
+    other random numbers come from fold_in(state.rng, state.step): different at every step, the
+    same for a step replayed after a resume.
 
     A step whose loss, gradients or updated parameters are not finite changes nothing but
     `bad_step`, and every later step is skipped too, so the state stays the last good one.
@@ -56,14 +85,13 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(state.rng, state.step)
-        metrics, model_state, grads = _loss_and_grads(task, state, batch, rng, accum_steps)
+        loss, grads, metrics, model_state = loss_and_grads(
+            task, state.params, state.model_state, batch, rng, accum_steps
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = (
-            jnp.isfinite(metrics["loss"])
-            & jnp.isfinite(optax.tree.norm(grads))
-            & jnp.isfinite(optax.tree.norm(params))
-        )
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(params))
         ok = finite & (state.bad_step < 0)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         new_state = TrainState(
@@ -74,16 +102,6 @@ def make_train_step(
             rng=state.rng,
             bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step),
         )
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
-        return new_state, metrics
+        return new_state, dict(metrics, grad_norm=grad_norm, **learning_rates(state.step))
 
     return train_step
-
-
-def make_eval_step(task: Task) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
-    """Per-batch evaluation sums of the task for the current parameters."""
-
-    def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-        return task.eval_outputs({"params": state.params, **state.model_state}, batch)
-
-    return eval_step

@@ -1,8 +1,8 @@
 """The generic trainer: one path from config to checkpoints and metrics for every task.
 
 Reads top to bottom: config -> mesh -> task and input -> abstract state and shardings ->
-optimizer -> jitted steps -> checkpoint restore -> training loop (logging, evaluation,
-checkpoints, preemption, non-finite guard).
+optimizer -> jitted steps -> initial state (checkpoint, or seed + init_from) -> evaluators ->
+training loop (logging, evaluation, checkpoints, preemption, non-finite guard).
 """
 
 from __future__ import annotations
@@ -17,17 +17,25 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mlx_research.data.pipeline import make_eval_iterator, make_train_iterator, to_global_batch
+from mlx_research.data.pipeline import (
+    make_eval_iterator,
+    make_train_iterator,
+    to_global_batch,
+    transformed_train_stream,
+)
 from mlx_research.parallel.mesh import create_mesh
 from mlx_research.parallel.sharding import batch_sharding, get_rules, logical_shardings
 from mlx_research.train import config as config_lib
 from mlx_research.train.checkpoint import Checkpointer, abstract_like
+from mlx_research.train.errors import ConfigError
+from mlx_research.train.init_from import load_variables, merge_pretrained
 from mlx_research.train.metrics import MetricWriter, ProgressLogger
-from mlx_research.train.optim import make_optimizer
+from mlx_research.train.optim import check_param_groups, group_learning_rates, make_optimizer
 from mlx_research.train.state import TrainState
-from mlx_research.train.step import make_eval_step, make_train_step
+from mlx_research.train.step import make_train_step
 from mlx_research.train.tasks import get_task
 
 
@@ -49,32 +57,30 @@ class Trainer:
         try:
             self.mesh = create_mesh(dict(config.mesh), devices=devices)
         except ValueError as e:
-            raise config_lib.ConfigError(f"config: mesh: {e}") from None
+            raise ConfigError(f"config: mesh: {e}") from None
         self.rules = get_rules(config.sharding_rules)
         data_shards = self.mesh.shape["data"]
-        micro_batch = config.batch_size // config.grad_accum_steps
-        for name, size in (
-            ("batch_size / grad_accum_steps", micro_batch),
-            ("eval.batch_size", config.eval.batch_size),
-        ):
-            if size % data_shards:
-                raise config_lib.ConfigError(
-                    f"config: {name} = {size} is not divisible by the {data_shards} "
-                    f"data-parallel devices of mesh {dict(self.mesh.shape)}"
-                )
+        config_lib.check_batch_divisible(
+            config, data_shards, f"the {data_shards} data-parallel devices of mesh "
+            f"{dict(self.mesh.shape)}"
+        )
 
         # ---------------------------------------------------------------- task and input
         dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
         self.task = get_task(config.task)(config, dtype)
         self.batch_sharding = batch_sharding(self.mesh)
-        example = self.task.train_source()[0]
+        self.train_source = self.task.train_source()
+        example = transformed_train_stream(
+            self.train_source, seed=config.seed, transform=self.task.train_transform
+        )[0]
         self.init_batch = {k: np.stack([np.asarray(v)] * data_shards) for k, v in example.items()}
 
         # ---------------------------------------------------------------- state and shardings
         with self.mesh_context():
             boxed = jax.eval_shape(self.task.init_variables, jax.random.PRNGKey(0), self.init_batch)
-            variable_shardings = logical_shardings(boxed, self.mesh, self.rules)
+            self.variable_shardings = logical_shardings(boxed, self.mesh, self.rules)
         abstract_params = nn.meta.unbox(boxed)["params"]  # outside the mesh: no constraints
+        check_param_groups(config.optim, abstract_params)
         self.tx, self.schedule = make_optimizer(config.optim, abstract_params, config.total_steps)
         replicated = NamedSharding(self.mesh, P())
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
@@ -82,14 +88,14 @@ class Trainer:
             self.tx,
             lambda _, s: s,
             abstract_opt,
-            variable_shardings["params"],
+            self.variable_shardings["params"],
             transform_non_params=lambda _: replicated,
             is_leaf=lambda x: isinstance(x, NamedSharding),
         )
         self.state_shardings = TrainState(
             step=replicated,
-            params=variable_shardings["params"],
-            model_state={k: v for k, v in variable_shardings.items() if k != "params"},
+            params=self.variable_shardings["params"],
+            model_state={k: v for k, v in self.variable_shardings.items() if k != "params"},
             opt_state=opt_shardings,
             rng=replicated,
             bad_step=replicated,
@@ -97,17 +103,20 @@ class Trainer:
 
         # ---------------------------------------------------------------- jitted steps
         self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+        learning_rates = lambda step: group_learning_rates(config.optim, self.schedule, step)
         self.train_step = jax.jit(
-            make_train_step(self.task, self.tx, self.schedule, config.grad_accum_steps),
+            make_train_step(self.task, self.tx, learning_rates, config.grad_accum_steps),
             in_shardings=(self.state_shardings, self.batch_sharding),
             out_shardings=(self.state_shardings, replicated),
             donate_argnums=0,
         )
-        self.eval_step = jax.jit(
-            make_eval_step(self.task),
-            in_shardings=(self.state_shardings, self.batch_sharding),
-            out_shardings=replicated,
-        )
+
+        # ---------------------------------------------------------------- evaluators
+        self.evaluators = self.task.evaluators()
+        self.predict = {
+            name: jax.jit(e.predict, in_shardings=(self.variable_shardings, self.batch_sharding))
+            for name, e in self.evaluators.items()
+        }
         self.checkpointer = Checkpointer(
             os.path.join(workdir, "checkpoints"),
             keep=config.checkpoint.keep,
@@ -145,33 +154,75 @@ class Trainer:
             shapes = jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
         return abstract_like(shapes, self.state_shardings)
 
+    def fresh_state(self, seed: int | None = None) -> TrainState:
+        """A new sharded state from `seed` (default config.seed), with `config.init_from`'s
+        weights in place when it names a file or run."""
+        seed = self.config.seed if seed is None else seed
+        with self.mesh_context():
+            state = self._init(jax.random.PRNGKey(seed))
+        source = self.config.init_from
+        if not source.path:
+            return state
+        variables = {"params": state.params, **state.model_state}
+        merged = merge_pretrained(
+            variables,
+            load_variables(source.path),
+            prefix=source.prefix,
+            exclude=tuple(source.exclude),
+            source=source.path,
+        )
+        merged = jax.tree.map(_put, merged, self.variable_shardings)
+        self._say(f"initialised from {source.path}" + (f" at {source.prefix}" * bool(source.prefix)))
+        params = merged.pop("params")
+        return state.replace(params=params, model_state=merged)
+
     def initial_state(self) -> tuple[TrainState, dict | None]:
-        """The latest restorable checkpoint of the workdir, else a fresh state from the seed."""
+        """The latest restorable checkpoint of the workdir, else a fresh state (`fresh_state`)."""
         restored = self.checkpointer.restore_latest(self.abstract_state())
         if restored is not None:
             step, state, data_state = restored
             self._say(f"resumed from checkpoint step {step} in {self.checkpointer.directory}")
             return state, data_state
-        with self.mesh_context():
-            return self._init(jax.random.PRNGKey(self.config.seed)), None
+        return self.fresh_state(), None
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, state: TrainState) -> dict[str, float]:
-        """Runs the task's evaluation over the whole evaluation split."""
-        it = make_eval_iterator(
-            self.task.eval_source(), global_batch_size=self.config.eval.batch_size
-        )
-        sums, first = None, None
-        with self.mesh_context():
-            for local in it:
-                batch = to_global_batch(local, self.batch_sharding)
-                out = self.eval_step(state, batch)
-                sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-                first = first or local
-            if self.config.write_images and first is not None:
-                images = self.task.images({"params": state.params, **state.model_state}, first)
-                self.writer.write_images(int(state.step), images)
-        return self.task.finalize_eval(jax.device_get(sums))
+    def evaluate(self, state: TrainState, names: list[str] | None = None) -> dict[str, float]:
+        """Runs the evaluators `names` (default all) over their splits.
+
+        Every process predicts its rows of each batch; the predictions are gathered and process 0
+        feeds the valid rows to the evaluator and scores them. Returns {"<name>/<metric>": value}
+        (empty on the other processes). Pictures of the first batch go to the workdir when
+        `config.write_images` is set.
+        """
+        variables = {"params": state.params, **state.model_state}
+        scores: dict[str, float] = {}
+        for name in names or list(self.evaluators):
+            evaluator = self.evaluators[name]
+            evaluator.reset()
+            batches = make_eval_iterator(
+                evaluator.source,
+                global_batch_size=self.config.eval.batch_size,
+                transform=evaluator.transform,
+                num_workers=self.config.data.num_workers,
+            )
+            with self.mesh_context():
+                for i, local in enumerate(batches):
+                    batch = to_global_batch(local, self.batch_sharding)
+                    predictions = self.predict[name](variables, batch)
+                    predictions, index, valid = multihost_utils.process_allgather(
+                        (predictions, batch["index"], batch["valid"]), tiled=True
+                    )
+                    if not self.is_primary:
+                        continue
+                    evaluator.update({k: v[valid] for k, v in predictions.items()}, index[valid])
+                    if i == 0 and self.config.write_images:
+                        first = {k: v[: len(local["valid"])] for k, v in predictions.items()}
+                        images = evaluator.images(first, local)
+                        images = {f"{name}_{k}": v for k, v in images.items()}
+                        self.writer.write_images(int(state.step), images)
+            if self.is_primary:
+                scores.update({f"{name}/{k}": v for k, v in evaluator.result().items()})
+        return scores
 
     # ------------------------------------------------------------------ training loop
     def train(self) -> TrainState:
@@ -181,7 +232,11 @@ class Trainer:
         state, data_state = self.initial_state()
         start = int(state.step)
         it = make_train_iterator(
-            self.task.train_source(), global_batch_size=c.batch_size, seed=c.seed
+            self.train_source,
+            global_batch_size=c.batch_size,
+            seed=c.seed,
+            transform=self.task.train_transform,
+            num_workers=c.data.num_workers,
         )
         if data_state is not None:
             it.set_state(data_state)
@@ -245,25 +300,40 @@ class Trainer:
         self.checkpointer.close()
         self.writer.close()
 
-    def evaluate_checkpoint(self, step: int | None = None) -> dict[str, float]:
-        """`--mode=eval`: restores checkpoint `step` (default: latest) and evaluates it."""
+    def evaluate_checkpoint(
+        self, step: int | None = None, evaluator: str | None = None
+    ) -> dict[str, float]:
+        """`--mode=eval`: restores checkpoint `step` (default: latest) and runs `evaluator`
+        (default: every evaluator of the task)."""
+        if evaluator is not None and evaluator not in self.evaluators:
+            raise ConfigError(
+                f"--eval={evaluator}: the task's evaluators are {', '.join(self.evaluators)}"
+            )
         steps = self.checkpointer.steps()
         if not steps:
-            raise config_lib.ConfigError(
-                f"no checkpoint to evaluate in {self.checkpointer.directory}"
-            )
+            raise ConfigError(f"no checkpoint to evaluate in {self.checkpointer.directory}")
         step = steps[-1] if step is None else step
         state, _ = self.checkpointer.restore(step, self.abstract_state())
-        scores = self._evaluate_and_report(state, step)
+        scores = self._evaluate_and_report(state, step, [evaluator] if evaluator else None)
         self.writer.flush()
         return scores
 
-    def _evaluate_and_report(self, state: TrainState, step: int) -> dict[str, float]:
-        """Evaluates, prints one line and writes the scores as "eval/<name>" at `step`."""
-        scores = self.evaluate(state)
+    def _evaluate_and_report(
+        self, state: TrainState, step: int, names: list[str] | None = None
+    ) -> dict[str, float]:
+        """Evaluates, prints one line and writes the scores as "eval/<name>/<metric>" at `step`."""
+        scores = self.evaluate(state, names)
         self._say(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         self.writer.write_scalars(step, {f"eval/{k}": v for k, v in scores.items()})
         return scores
+
+
+def _put(value, sharding: NamedSharding) -> jax.Array:
+    """A host value (the same on every process) or an existing array laid out by `sharding`."""
+    if isinstance(value, jax.Array):
+        return value
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 class _SigtermFlag:

@@ -1,9 +1,9 @@
 """The interface between a model family and the generic trainer.
 
 A task owns what is specific to a problem: its config fields (`model`, `data`, `eval`), the model,
-the datasets, the loss and the evaluation. The trainer owns everything else (state, optimizer,
-sharding, the jitted steps, checkpoints, metrics). All methods called inside the jitted steps
-(`loss`, `eval_outputs`) must be pure functions of arrays.
+the training data and its augmentation, the loss and the evaluators. The trainer owns everything
+else (state, optimizer, sharding, the jitted steps, checkpoints, metrics). `loss` and every
+evaluator's `predict` run inside jitted steps and must be pure functions of arrays.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+
+from mlx_research.train.evaluators import Evaluator
 
 Batch = Mapping[str, Any]
 
@@ -29,20 +31,26 @@ class Task:
 
     @staticmethod
     def default_config() -> ml_collections.ConfigDict:
-        """The task's fields: a ConfigDict with `model`, `data` and `eval` sub-dicts."""
+        """The task's fields: a ConfigDict with `model`, `data` and `eval` sub-dicts (`data` and
+        `eval` are merged into the trainer's `data.num_workers` / `eval.batch_size`)."""
         raise NotImplementedError
 
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
-        """Raises mlx_research.train.config.ConfigError for task-specific inconsistencies."""
+        """Raises mlx_research.train.errors.ConfigError for task-specific inconsistencies,
+        including data paths that do not exist (one line naming the key and the path)."""
 
     def train_source(self) -> Any:
         """Random-access source (len, getitem) of training examples (dicts of numpy arrays)."""
         raise NotImplementedError
 
-    def eval_source(self) -> Any:
-        """Random-access source of evaluation examples."""
-        raise NotImplementedError
+    def train_transform(
+        self, example: dict[str, np.ndarray], rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
+        """Training augmentation of one example. `rng` is seeded by the run seed and the
+        example's position in the training stream, so a resumed run draws the same numbers."""
+        del rng
+        return example
 
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
         """Model variables ({"params": ..., "batch_stats": ...}) for an example batch."""
@@ -56,22 +64,17 @@ class Task:
 
     def loss(
         self, params: Any, model_state: dict[str, Any], batch: Batch, rng: jax.Array
-    ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
-        """Training loss: returns (scalar loss, (metrics, updated non-param collections)).
+    ) -> tuple[tuple[jax.Array, jax.Array], tuple[dict[str, jax.Array], dict[str, Any]]]:
+        """Training loss as a sum and its normaliser.
 
-        The trainer logs the returned loss as "loss" next to `metrics` and stops the run when it,
-        the gradients or the updated parameters are not finite.
+        Returns ((loss_sum, weight), (metrics, updated non-param collections)): `loss_sum` summed
+        over the batch's examples (tokens, boxes), `weight` what it is to be divided by (number of
+        tokens, boxes, examples). The trainer adds both up over micro-batches and devices and
+        divides once, so gradient accumulation and data parallelism give the full-batch gradient
+        for any normalisation. `rng` differs at every step and micro-batch (dropout).
         """
         raise NotImplementedError
 
-    def eval_outputs(self, variables: dict[str, Any], batch: Batch) -> dict[str, jax.Array]:
-        """Per-batch sums (jitted); the trainer adds them up over the evaluation split."""
+    def evaluators(self) -> dict[str, Evaluator]:
+        """{name: Evaluator}; built once per run. Scores are logged as eval/<name>/<metric>."""
         raise NotImplementedError
-
-    def finalize_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
-        """Metrics from the summed `eval_outputs`."""
-        raise NotImplementedError
-
-    def images(self, variables: dict[str, Any], batch: Batch) -> dict[str, np.ndarray]:
-        """Optional pictures of predictions ([H, W, 3] uint8) for one evaluation batch."""
-        return {}

@@ -1,4 +1,9 @@
-"""Synthetic sequence-to-sequence task (reverse / sort / copy) with an encoder-decoder Transformer."""
+"""Synthetic sequence-to-sequence task (reverse / sort / copy) with an encoder-decoder Transformer.
+
+Loss: token cross-entropy summed over the non-padding target tokens, normalised by their number.
+Evaluator "decode": greedy or beam-search decoding (KV-cached) of the held-out split; token
+accuracy (over target tokens incl. EOS) and sequence accuracy (every token right).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ import numpy as np
 
 from mlx_research.data import seq2seq as data
 from mlx_research.losses.classification import cross_entropy
-from mlx_research.models.decoding import greedy_decode
-from mlx_research.models.seq2seq import Seq2SeqTransformer
+from mlx_research.models.seq2seq import Seq2SeqTransformer, generate
+from mlx_research.train.config import check_batch_divisible
 from mlx_research.train.errors import ConfigError
+from mlx_research.train.evaluators import SumEvaluator
 from mlx_research.train.tasks import base
 
 
@@ -49,12 +55,15 @@ class Task(base.Task):
                 min_len=4,  # sequence length range (symbols)
                 max_len=16,
                 num_train=1_000_000,  # size of the (generated on the fly) training split
+                relabel_symbols=False,  # augmentation: random renaming of the symbols per example
             )
         )
         c.eval = ml_collections.ConfigDict(
             dict(
                 num_examples=512,  # evaluation split size
                 batch_size=256,  # global evaluation batch
+                beam_size=1,  # 1 = greedy decoding, else beam search
+                length_penalty=1.0,  # beam search: score = log-prob sum / length ** penalty
             )
         )
         c.label_smoothing = 0.0
@@ -62,6 +71,8 @@ class Task(base.Task):
 
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
+        if config.eval.beam_size < 1:
+            raise ConfigError(f"config: 'eval.beam_size' must be >= 1, got {config.eval.beam_size}")
         m, stages = config.model, config.mesh.get("stage", 1)
         if not m.pipeline:
             if stages > 1:
@@ -77,12 +88,8 @@ class Task(base.Task):
         if m.dropout > 0:
             raise ConfigError(f"config: model.pipeline=True does not support dropout in training; "
                               f"set model.dropout=0 (got {m.dropout})")
-        micro = config.batch_size // config.grad_accum_steps
-        for name, size in (("batch_size / grad_accum_steps", micro),
-                           ("eval.batch_size", config.eval.batch_size)):
-            if size % m.pipeline_microbatches:
-                raise ConfigError(f"config: {name} = {size} is not divisible by "
-                                  f"model.pipeline_microbatches={m.pipeline_microbatches}")
+        check_batch_divisible(config, m.pipeline_microbatches,
+                              f"model.pipeline_microbatches={m.pipeline_microbatches}")
 
     def __init__(self, config: ml_collections.ConfigDict, dtype: Any):
         super().__init__(config, dtype)
@@ -105,8 +112,11 @@ class Task(base.Task):
     def train_source(self):
         return self._source("train", self.config.data.num_train)
 
-    def eval_source(self):
-        return self._source("eval", self.config.eval.num_examples)
+    def train_transform(self, example, rng):
+        d = self.config.data
+        if not d.relabel_symbols:
+            return example
+        return data.relabel_symbols(example, rng, d.task, d.vocab_size)
 
     def model_inputs(self, batch):
         return dict(inputs=batch["inputs"], decoder_inputs=shift_right(batch["targets"]))
@@ -119,49 +129,61 @@ class Task(base.Task):
             rngs={"dropout": rng},
         )
         targets = batch["targets"]
-        loss = cross_entropy(
-            logits, targets, ignore_index=data.PAD_ID, label_smoothing=self.config.label_smoothing
-        )
         real = targets != data.PAD_ID
-        accuracy = jnp.sum((logits.argmax(-1) == targets) & real) / jnp.maximum(real.sum(), 1)
-        return loss, ({"token_accuracy_teacher_forced": accuracy}, model_state)
+        loss_sum = cross_entropy(
+            logits,
+            targets,
+            ignore_index=data.PAD_ID,
+            label_smoothing=self.config.label_smoothing,
+            reduction="sum",
+        )
+        correct = jnp.sum((logits.argmax(-1) == targets) & real)
+        accuracy = correct / jnp.maximum(real.sum(), 1)
+        return (loss_sum, real.sum()), ({"token_accuracy_teacher_forced": accuracy}, model_state)
 
-    def predict(self, variables, inputs: jax.Array) -> jax.Array:
-        """Greedy decoding: inputs [B, S] -> predicted targets [B, S + 1]."""
-        memory = self.model.apply(variables, inputs, method=Seq2SeqTransformer.encode)
+    def decode(self, variables, inputs: jax.Array) -> jax.Array:
+        """inputs [B, S] -> predicted targets [B, S + 1] (greedy, or beam search)."""
+        return generate(
+            self.model,
+            variables,
+            inputs,
+            max_len=inputs.shape[1] + 1,
+            bos_id=data.BOS_ID,
+            eos_id=data.EOS_ID,
+            pad_id=data.PAD_ID,
+            beam_size=self.config.eval.beam_size,
+            length_penalty=self.config.eval.length_penalty,
+        )
 
-        def logits_fn(tokens):
-            return self.model.apply(
-                variables, tokens, memory, inputs, method=Seq2SeqTransformer.decode
+    def evaluators(self):
+        return {
+            "decode": SumEvaluator(
+                self._source("eval", self.config.eval.num_examples),
+                self._decode_and_compare,
+                _accuracies,
+                _correctness_map,
             )
-
-        return greedy_decode(
-            logits_fn, inputs.shape[0], inputs.shape[1] + 1, data.BOS_ID, data.EOS_ID, data.PAD_ID
-        )
-
-    def eval_outputs(self, variables, batch):
-        predicted, targets = self.predict(variables, batch["inputs"]), batch["targets"]
-        real = (targets != data.PAD_ID) & batch["valid"][:, None]
-        correct = (predicted == targets) & real
-        return {
-            "correct_tokens": correct.sum(),
-            "tokens": real.sum(),
-            "correct_sequences": jnp.sum(jnp.all(correct == real, axis=1) & batch["valid"]),
-            "sequences": batch["valid"].sum(),
         }
 
-    def finalize_eval(self, sums):
-        return {
-            "token_accuracy": float(sums["correct_tokens"] / max(sums["tokens"], 1)),
-            "sequence_accuracy": float(sums["correct_sequences"] / max(sums["sequences"], 1)),
-        }
-
-    def images(self, variables, batch):
-        """Correctness map of 16 examples: a row each; green right token, red wrong, black padding."""
-        predicted = np.asarray(self.predict(variables, batch["inputs"][:16]))
-        targets = np.asarray(batch["targets"][:16])
+    def _decode_and_compare(self, variables, batch):
+        """Per example: correct [T] and real [T] token flags, sequence_correct []."""
+        predicted, targets = self.decode(variables, batch["inputs"]), batch["targets"]
         real = targets != data.PAD_ID
-        picture = np.zeros((targets.shape[0], targets.shape[1], 3), np.uint8)
-        picture[real & (predicted == targets)] = (40, 180, 60)
-        picture[real & (predicted != targets)] = (220, 40, 40)
-        return {"eval_predictions": np.kron(picture, np.ones((8, 8, 1), np.uint8))}
+        correct = (predicted == targets) & real
+        return {"correct": correct, "real": real, "sequence_correct": jnp.all(correct == real, 1)}
+
+
+def _accuracies(sums: dict[str, float]) -> dict[str, float]:
+    return {
+        "token_accuracy": sums["correct"] / max(sums["real"], 1),
+        "sequence_accuracy": sums["sequence_correct"] / max(sums["count"], 1),
+    }
+
+
+def _correctness_map(predictions, batch) -> dict[str, np.ndarray]:
+    """16 examples, a row each: green right token, red wrong, black padding."""
+    correct, real = predictions["correct"][:16], predictions["real"][:16]
+    picture = np.zeros((*real.shape, 3), np.uint8)
+    picture[correct] = (40, 180, 60)
+    picture[real & ~correct] = (220, 40, 40)
+    return {"predictions": np.kron(picture, np.ones((8, 8, 1), np.uint8))}
