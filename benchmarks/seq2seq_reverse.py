@@ -1,4 +1,5 @@
-"""Convergence of experiments/seq2seq/reverse.py: final eval accuracy and wall time.
+"""Convergence of experiments/seq2seq/reverse.py: held-out accuracy with greedy decoding and with
+beam search (beam 4) of the same trained model, and wall time.
 
 Run:  ./launch.sh bench seq2seq_reverse      (writes benchmarks/results/seq2seq_reverse.json)
 """
@@ -12,7 +13,6 @@ from pathlib import Path
 import jax
 
 from experiments.seq2seq.reverse import get_config
-from mlx_research.train.metrics import read_metrics
 from mlx_research.train.trainer import Trainer
 
 RESULTS = Path(__file__).parent / "results" / "seq2seq_reverse.json"
@@ -24,16 +24,25 @@ def main() -> None:
         start = time.perf_counter()
         trainer = Trainer(config, workdir)
         trainer.train()
-        trainer.close()
         wall = time.perf_counter() - start
-        final = [r for r in read_metrics(workdir) if "eval/token_accuracy" in r][-1]
+        greedy = trainer.evaluate_checkpoint()
+        trainer.close()
+        config.eval.beam_size = 4
+        beam_trainer = Trainer(config, workdir)
+        start = time.perf_counter()
+        beam = beam_trainer.evaluate_checkpoint()
+        beam_wall = time.perf_counter() - start
+        beam_trainer.close()
     result = {
         "experiment": "experiments/seq2seq/reverse.py",
         "command": "./launch.sh bench seq2seq_reverse",
         "steps": config.total_steps,
-        "eval_token_accuracy": final["eval/token_accuracy"],
-        "eval_sequence_accuracy": final["eval/sequence_accuracy"],
+        "greedy_token_accuracy": greedy["decode/token_accuracy"],
+        "greedy_sequence_accuracy": greedy["decode/sequence_accuracy"],
+        "beam4_token_accuracy": beam["decode/token_accuracy"],
+        "beam4_sequence_accuracy": beam["decode/sequence_accuracy"],
         "wall_seconds": round(wall, 1),
+        "beam4_eval_seconds": round(beam_wall, 1),
         "devices": [str(d) for d in jax.devices()],
         "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} device(s)",
         "date": time.strftime("%Y-%m-%d"),

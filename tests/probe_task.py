@@ -2,8 +2,8 @@
 
 - Its training metrics carry `dropout_code`: 20 Bernoulli(0.5) bits drawn from the rng the trainer
   hands to the loss (the dropout rng), packed into an integer (exact in float32).
-- Its second evaluator, "indices", records which evaluation examples reach `update` and checks
-  that every prediction arrives with its own example's index.
+- Its second evaluator, "indices", over `eval.num_examples` examples, records which evaluation
+  examples reach `update` and checks that every prediction arrives with its own example's index.
 """
 
 import jax
@@ -58,11 +58,7 @@ class IndexRecorder(Evaluator):
 
 
 class Task(seq2seq.Task):
-    @staticmethod
-    def default_config():
-        config = seq2seq.Task.default_config()
-        config.eval.num_index_examples = 13
-        return config
+    """The seq2seq task (same config fields), instrumented."""
 
     def loss(self, params, model_state, batch, rng):
         (loss_sum, weight), (metrics, model_state) = super().loss(params, model_state, batch, rng)
@@ -71,4 +67,4 @@ class Task(seq2seq.Task):
         return (loss_sum, weight), (dict(metrics, dropout_code=code), model_state)
 
     def evaluators(self):
-        return dict(super().evaluators(), indices=IndexRecorder(self.config.eval.num_index_examples))
+        return dict(super().evaluators(), indices=IndexRecorder(self.config.eval.num_examples))

@@ -122,7 +122,7 @@ def test_train_evaluate_checkpoint_and_single_compile(tmp_path):
     assert [r["step"] for r in evals] == [3, 6]
     assert trainer.predict["decode"]._cache_size() == 1  # predict compiled once for both evals
     assert sorted(p.name for p in (tmp_path / "images").glob("decode_predictions_*.png")) == [
-        "decode_predictions_3.png", "decode_predictions_6.png"]
+        "decode_predictions_00000003.png", "decode_predictions_00000006.png"]
     assert json.loads((tmp_path / "config.json").read_text())["task"] == "seq2seq"
     # A second run in the same workdir resumes at the end and does nothing more.
     again = Trainer(config, str(tmp_path))
@@ -155,11 +155,12 @@ def _full_batch_token_mean_grad(trainer, params, batch):
 def test_gradient_accumulation_equals_full_batch_gradient(tmp_path, accum):
     config = tiny_config(total_steps=1, grad_accum_steps=accum, batch_size=8)
     config.data.update(task="copy", min_len=1, max_len=6)
-    config.optim.update(name="sgd", lr=1.0, momentum=0.0, schedule="constant", grad_clip_norm=0.0)
+    config.optim.update(name="sgd", lr=1.0, momentum=0.0, schedule="constant", grad_clip_norm=0.0,
+                        weight_decay=0.0)
     trainer = Trainer(config, str(tmp_path))
     batch = _variable_length_batch(trainer)
     state = trainer.fresh_state(0)
-    params = jax.tree.map(np.asarray, state.params)
+    params = jax.tree.map(np.array, state.params)  # copies: the train step donates `state`
     want_loss, want = _full_batch_token_mean_grad(trainer, params, batch)
     loss, grads, _, _ = jax.jit(loss_and_grads, static_argnums=(0, 5))(
         trainer.task, params, {}, batch, jax.random.PRNGKey(0), accum)
@@ -211,7 +212,7 @@ def _index_scores(scores, n):
 
 def test_evaluator_sees_every_example_once(tmp_path):
     config = _as_task(tiny_config(), "tests.probe_task")
-    config.eval.update(batch_size=4, num_index_examples=13)  # 4 batches, the last with 3 rows of padding
+    config.eval.update(batch_size=4, num_examples=13)  # 4 batches, the last with 3 rows of padding
     trainer = Trainer(config, str(tmp_path))
     scores = trainer.evaluate(trainer.fresh_state(), ["indices"])
     trainer.close()
@@ -221,7 +222,7 @@ def test_evaluator_sees_every_example_once(tmp_path):
         from mlx_research.train.trainer import Trainer
         import tempfile
         config = _as_task(tiny_config(), "tests.probe_task")
-        config.eval.update(batch_size=8, num_index_examples=21)  # 3 batches over 8 devices
+        config.eval.update(batch_size=8, num_examples=21)  # 3 batches over 8 devices
         trainer = Trainer(config, tempfile.mkdtemp())
         scores = trainer.evaluate(trainer.fresh_state(), ["indices"])
         assert _index_scores(scores, 21), scores
@@ -371,7 +372,7 @@ def test_slurm_launch_two_processes_train_evaluate_and_match_one_process(tmp_pat
     # SGD, not Adam: Adam rescales gradients that are pure rounding noise (e.g. the key bias,
     # which softmax ignores) to full-size steps, so its parameters cannot agree to a tolerance.
     flags = ("--config.optim.name=sgd", "--config.optim.lr=0.5", "--config.task=tests.probe_task",
-             "--config.eval.num_index_examples=13", "--config.eval.batch_size=4",
+             "--config.eval.num_examples=13", "--config.eval.batch_size=4",
              "--config.write_images=True", "--config.eval_every=2")
     single = tmp_path / "single"
     subprocess.run(main_cmd(single, *flags, total_steps=4, every=4), env=_env(), check=True,
@@ -395,8 +396,8 @@ def test_slurm_launch_two_processes_train_evaluate_and_match_one_process(tmp_pat
     assert [r["step"] for r in evals] == [2, 4]
     assert all(_index_scores({k[5:]: v for k, v in r.items() if k.startswith("eval/")}, 13)
                for r in evals), evals
-    assert sorted(p.name for p in (multi / "images").glob("*_4.png")) == [
-        "decode_predictions_4.png", "indices_echo_4.png"]
+    assert sorted(p.name for p in (multi / "images").glob("*_00000004.png")) == [
+        "decode_predictions_00000004.png", "indices_echo_00000004.png"]
     _, params_single = restore_params(single)
     step, params_multi = restore_params(multi)
     assert step == 4

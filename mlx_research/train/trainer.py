@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -33,7 +32,12 @@ from mlx_research.train.checkpoint import Checkpointer, abstract_like
 from mlx_research.train.errors import ConfigError
 from mlx_research.train.init_from import load_variables, merge_pretrained
 from mlx_research.train.metrics import MetricWriter, ProgressLogger
-from mlx_research.train.optim import check_param_groups, group_learning_rates, make_optimizer
+from mlx_research.train.optim import (
+    check_param_groups,
+    group_learning_rates,
+    make_optimizer,
+    map_opt_state_params,
+)
 from mlx_research.train.state import TrainState
 from mlx_research.train.step import make_train_step
 from mlx_research.train.tasks import get_task
@@ -84,13 +88,12 @@ class Trainer:
         self.tx, self.schedule = make_optimizer(config.optim, abstract_params, config.total_steps)
         replicated = NamedSharding(self.mesh, P())
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
-        opt_shardings = optax.tree_map_params(
+        opt_shardings = map_opt_state_params(
             self.tx,
             lambda _, s: s,
             abstract_opt,
             self.variable_shardings["params"],
             transform_non_params=lambda _: replicated,
-            is_leaf=lambda x: isinstance(x, NamedSharding),
         )
         self.state_shardings = TrainState(
             step=replicated,
