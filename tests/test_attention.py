@@ -254,3 +254,35 @@ def test_mha_dropout_uses_dropout_rng():
     np.testing.assert_array_equal(eval_a, eval_b)
     assert not np.allclose(a, b)
     assert not np.allclose(a, eval_a)
+
+
+def test_mha_decode_cache_matches_causal_attention():
+    """One position per call with the key/value cache equals full causal self-attention."""
+    rng = np.random.default_rng(4)
+    t = 5
+    x = rng.normal(size=(B, t, 8)).astype(np.float32)
+    mha = MultiHeadAttention(num_heads=2)
+    params, _ = random_params(mha, x)
+    full = mha.apply({"params": params}, x, mask=make_causal_mask(t))
+
+    def create(x):
+        return mha.apply({"params": params}, x, decode=True, mutable=["cache"])[1]["cache"]
+
+    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(create, x))
+    assert cache["cached_key"].shape == cache["cached_value"].shape == (B, t, 2, 4)
+    assert cache["cache_index"].shape == ()
+
+    @jax.jit
+    def step(cache, x_t):
+        out, state = mha.apply({"params": params, "cache": cache}, x_t, decode=True,
+                               mutable=["cache"])
+        return state["cache"], out
+
+    outs = []
+    for i in range(t):
+        cache, out = step(cache, x[:, i : i + 1])
+        outs.append(out)
+    np.testing.assert_allclose(np.concatenate(outs, axis=1), full, rtol=1e-5, atol=1e-5)
+    assert int(cache["cache_index"]) == t
+    with pytest.raises(ValueError, match="one position"):
+        mha.apply({"params": params, "cache": cache}, x[:, :2], decode=True, mutable=["cache"])

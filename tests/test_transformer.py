@@ -219,3 +219,32 @@ def test_decoder_causal_padding_and_intermediate(data):
     padded = mem.copy()
     padded[~mem_valid] += 3.0
     np.testing.assert_allclose(run(tgt, padded), base, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_decode_cache_matches_causal_decoder(data):
+    """Incremental decoding (self-attention cache, cross-attention recomputed) equals the causal
+    decoder position by position, with query positions and memory padding."""
+    tgt, mem, pos, qpos = data["tgt"], data["src"], data["pos"], data["qpos"]
+    causal, cross_mask = data["causal"], data["pad"]
+    dec = TransformerDecoder(num_layers=2, **SMALL, final_norm=True)
+    params, _ = random_params(dec, tgt, mem)
+    full = jax.jit(lambda t: dec.apply({"params": params}, t, mem, causal, cross_mask, pos, qpos))
+
+    def create(t):
+        return dec.apply({"params": params}, t, mem, causal, cross_mask, pos, qpos, decode=True,
+                         mutable=["cache"])[1]["cache"]
+
+    cache = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(create, tgt))
+    assert set(cache["layers_1"]) == {"self_attn"}  # cross-attention is not cached
+
+    @jax.jit
+    def step(cache, t_i, qpos_i):
+        out, state = dec.apply({"params": params, "cache": cache}, t_i, mem, None, cross_mask,
+                               pos, qpos_i, decode=True, mutable=["cache"])
+        return state["cache"], out
+
+    outs = []
+    for i in range(T):
+        cache, out = step(cache, tgt[:, i : i + 1], qpos[:, i : i + 1])
+        outs.append(out)
+    np.testing.assert_allclose(np.concatenate(outs, axis=1), full(tgt), rtol=1e-5, atol=1e-5)

@@ -5,6 +5,9 @@ biases broadcast to ``[B, H, Tq, Tk]``. Boolean masks use ``True`` = attend.
 
 Rows whose every key is masked out produce an output of **zeros** (and attention weights
 of zeros) with finite gradients; PyTorch gives NaN there.
+
+``MultiHeadAttention.__call__(..., decode=True)`` is incremental (KV-cached) self-attention for
+autoregressive decoding; see the class doc.
 """
 
 from collections.abc import Callable
@@ -14,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 Array = jax.Array
 Dtype = Any
@@ -226,6 +230,21 @@ class MultiHeadAttention(nn.Module):
       deterministic: default for ``__call__``'s ``deterministic``.
       implementation: ``jax.nn.dot_product_attention`` backend (None = its default, XLA in
         jax 0.10; "cudnn" = flash attention on GPU, fp16/bf16 only).
+
+    Incremental decoding (``__call__(..., decode=True)``, for self-attention: each call's keys and
+    values come from the new position) keeps projected keys and values in the ``"cache"``
+    collection (as flax's ``MultiHeadDotProductAttention(decode=True)``):
+
+    - ``cached_key``, ``cached_value``: ``[B, T_max, H, D]`` (batch-leading, so a beam search can
+      reorder the cache by gathering axis 0), zeros at initialisation;
+    - ``cache_index``: int32 scalar, the number of positions written so far (initially 0).
+
+    The first ``decode=True`` call, with ``"cache"`` mutable and not yet present, creates the cache
+    from a full-length input ``[B, T_max, E]`` (usually under ``jax.eval_shape``) and otherwise
+    computes ordinary attention. Every later call takes one position ``[B, 1, E]``, writes its key
+    and value at ``cache_index``, attends to the cached positions ``<= cache_index`` (plus the
+    caller's ``mask``, e.g. key padding ``[B, 1, 1, T_max]``) and increments ``cache_index``.
+    Writing past ``T_max`` is not checked (``dynamic_update_slice`` clamps the index).
     """
 
     num_heads: int
@@ -250,6 +269,7 @@ class MultiHeadAttention(nn.Module):
         inputs_v: Array | None = None,
         deterministic: bool | None = None,
         return_weights: bool = False,
+        decode: bool = False,
     ) -> Array | tuple[Array, Array]:
         """Attends from ``inputs_q`` to ``inputs_kv``.
 
@@ -262,6 +282,8 @@ class MultiHeadAttention(nn.Module):
             positional embeddings to keys only); default ``inputs_kv``.
           deterministic: disables attention dropout; merged with the attribute.
           return_weights: also return the attention weights ``[B, H, Tq, Tk]``.
+          decode: incremental self-attention with the key/value cache (see the class doc);
+            after cache creation ``Tq = 1`` and ``Tk = T_max`` (for ``mask`` and the weights).
 
         Returns:
           ``[B, Tq, out_features]`` (and the weights when requested).
@@ -294,6 +316,8 @@ class MultiHeadAttention(nn.Module):
         query = projection("query")(inputs_q)
         key = projection("key")(inputs_kv)
         value = projection("value")(inputs_v)
+        if decode:
+            key, value, mask = self._update_cache(key, value, mask)
 
         dropout_rng = None
         no_dropout = True
@@ -325,3 +349,37 @@ class MultiHeadAttention(nn.Module):
             name="out",
         )(out)
         return (out, weights) if return_weights else out
+
+    def _update_cache(
+        self, key: Array, value: Array, mask: Array | None
+    ) -> tuple[Array, Array, Array | None]:
+        """Creates the cache, or writes one position and returns the cached keys/values and mask.
+
+        Args:
+          key: ``[B, T_max, H, D]`` at cache creation, then ``[B, 1, H, D]``.
+          value: as ``key``.
+          mask: the caller's mask.
+
+        Returns:
+          ``(key, value, mask)`` unchanged at creation; afterwards the cached ``[B, T_max, H, D]``
+          keys and values and ``mask`` restricted to the positions ``<=`` the new one.
+        """
+        initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        cache_index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+        if not initialized:
+            return key, value, mask
+        if key.shape[1] != 1:
+            raise ValueError(f"decode=True takes one position per call; got length {key.shape[1]}")
+        index = cache_index.value
+        axes = ("batch", "length", "heads", "kv")
+        key = nn.with_logical_constraint(
+            lax.dynamic_update_slice_in_dim(cached_key.value, key, index, axis=1), axes
+        )
+        value = nn.with_logical_constraint(
+            lax.dynamic_update_slice_in_dim(cached_value.value, value, index, axis=1), axes
+        )
+        cached_key.value, cached_value.value, cache_index.value = key, value, index + 1
+        visible = (jnp.arange(key.shape[1]) <= index)[None, None, None, :]
+        return key, value, combine_masks(mask, visible)

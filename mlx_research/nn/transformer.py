@@ -5,6 +5,9 @@ Layers follow ``torch.nn.TransformerEncoderLayer`` / ``TransformerDecoderLayer``
 inside the FFN and on every residual branch). As in DETR's ``transformer.py``, optional
 positional embeddings are added to attention queries and keys (never to values) at every
 layer: ``pos`` for encoder/memory tokens, ``query_pos`` for decoder queries.
+``TransformerDecoder(...)(..., decode=True)`` decodes incrementally: self-attention keeps its
+keys/values in the ``"cache"`` collection (see ``MultiHeadAttention``); cross-attention to
+``memory`` is recomputed at every step (no cache), so ``memory`` must be passed at every call.
 Matrices are initialised with Xavier-uniform and biases with zeros, as torch
 ``nn.Transformer`` and DETR reset them; one difference: torch draws the Q/K/V projections from
 one fused ``[3E, E]`` matrix (bound sqrt(6 / 4E)) where each projection here has its own
@@ -203,6 +206,8 @@ class TransformerDecoderLayer(_LayerBase):
         pos: Array | None = None,
         query_pos: Array | None = None,
         deterministic: bool = True,
+        *,
+        decode: bool = False,
     ) -> Array:
         """Decodes ``tgt`` attending to ``memory``.
 
@@ -215,6 +220,11 @@ class TransformerDecoderLayer(_LayerBase):
           query_pos: ``[B, T, D]`` query positions, added to self-attention queries/keys
             and to cross-attention queries.
           deterministic: disables dropout.
+          decode: incremental decoding with a self-attention key/value cache (``"cache"``
+            collection, see ``MultiHeadAttention``): a first call with the full length
+            ``T_max`` creates the cache, then each call takes one position (``T = 1``) and
+            ``self_mask`` broadcasts to ``[B, H, 1, T_max]`` (e.g. key padding; positions after
+            the current one are masked by the cache) and ``query_pos`` is that position's.
 
         Returns:
           ``[B, T, D]``.
@@ -227,7 +237,9 @@ class TransformerDecoderLayer(_LayerBase):
 
         def self_attention(h: Array) -> Array:
             qk = _with_pos(h, query_pos)
-            return self_attn(qk, qk, self_mask, inputs_v=h, deterministic=deterministic)
+            return self_attn(
+                qk, qk, self_mask, inputs_v=h, deterministic=deterministic, decode=decode
+            )
 
         def cross_attention(h: Array) -> Array:
             return cross_attn(
@@ -336,8 +348,10 @@ class TransformerDecoder(_StackBase):
         pos: Array | None = None,
         query_pos: Array | None = None,
         deterministic: bool = True,
+        *,
+        decode: bool = False,
     ) -> Array:
-        """Decodes (arguments as the layer's).
+        """Decodes (arguments as the layer's, ``decode`` included).
 
         Returns:
           ``[B, T, D]``, or ``[num_layers, B, T, D]`` when ``return_intermediate``
@@ -348,7 +362,7 @@ class TransformerDecoder(_StackBase):
         intermediate = []
         for i in range(self.num_layers):
             x = TransformerDecoderLayer(**self._layer_kwargs(), name=f"layers_{i}")(
-                x, memory, self_mask, cross_mask, pos, query_pos, deterministic
+                x, memory, self_mask, cross_mask, pos, query_pos, deterministic, decode=decode
             )
             if self.return_intermediate:
                 intermediate.append(x if norm is None else norm(x))
