@@ -2,6 +2,7 @@
 # mlx_research launcher.
 #
 #   ./launch.sh EXPERIMENT.py[:ARG] [--workdir=DIR] [--mode=train|eval] [--config.KEY=VALUE ...]
+#       exit status: 0 done, 1 an error (one line), 75 stopped by SIGTERM/Ctrl-C after saving
 #   ./launch.sh test [PYTEST_ARGS...]          run the test suite
 #   ./launch.sh bench NAME [ARGS...]           run benchmarks/NAME.py (python -m benchmarks.NAME)
 #
@@ -69,8 +70,9 @@ while [[ $# -gt 0 ]]; do
     --project=*) PROJECT="${1#*=}" ;;
     --project) PROJECT="$2"; shift ;;
     --slurm) SLURM=1 ;;
-    --workdir=*) WORKDIR="${1#*=}" ;;
-    --workdir) WORKDIR="$2"; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --workdir=*) WORKDIR="${1#*=}"; [[ -n "$WORKDIR" ]] || die "--workdir is empty" ;;
+    --workdir) WORKDIR="${2:-}"; [[ -n "$WORKDIR" ]] || die "--workdir is empty"; shift ;;
     *) PASS+=("$1") ;;
   esac
   shift

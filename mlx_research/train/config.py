@@ -7,6 +7,7 @@ with one line that names the key.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -90,6 +91,56 @@ _CHOICES = {
 }
 
 
+# Closed ranges [low, high] of the trainer's numeric fields (None: unbounded).
+_RANGES = {
+    "seed": (0, 2**32 - 1),
+    "total_steps": (1, None),
+    "batch_size": (1, None),
+    "grad_accum_steps": (1, None),
+    "log_every": (1, None),
+    "eval_every": (0, None),
+    "checkpoint.every_steps": (1, None),
+    "checkpoint.keep": (1, None),
+    "optim.lr": (0, None),
+    "optim.warmup_steps": (0, None),
+    "optim.end_lr_factor": (0, None),
+    "optim.decay_factor": (0, None),
+    "optim.b1": (0, 1),
+    "optim.b2": (0, 1),
+    "optim.eps": (0, None),
+    "optim.momentum": (0, 1),
+    "optim.weight_decay": (0, None),
+    "optim.grad_clip_norm": (0, None),
+    "data.num_workers": (0, None),
+    "eval.batch_size": (1, None),
+}
+
+
+def _get(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def check_ranges(config: ml_collections.ConfigDict, ranges: dict[str, tuple]) -> None:
+    """Raises ConfigError naming the first field of `ranges` ({dotted key: (low, high)}, closed,
+    None = unbounded) whose value lies outside (NaN included)."""
+    for key, (low, high) in ranges.items():
+        value = _get(config, key)
+        if not ((low is None or value >= low) and (high is None or value <= high)):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise ConfigError(f"config: {key!r} must be {bound}, got {value!r}")
+
+
+def check_choices(config: ml_collections.ConfigDict, choices: dict[str, tuple]) -> None:
+    """Raises ConfigError naming the first field of `choices` ({dotted key: allowed}) whose
+    value is not allowed."""
+    for key, allowed in choices.items():
+        value = _get(config, key)
+        if value not in allowed:
+            raise ConfigError(f"config: {key!r} must be one of {', '.join(allowed)}; got {value!r}")
+
+
 def _check(config: Any, reference: Any, prefix: str) -> None:
     for key in config.keys():
         name = f"{prefix}{key}"
@@ -126,12 +177,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     except ValueError as e:
         raise ConfigError(f"config: 'task': {e}") from None
     _check(config, reference, "")
-    for key in ("total_steps", "batch_size", "grad_accum_steps", "log_every", "eval.batch_size"):
-        value = config.eval.batch_size if key == "eval.batch_size" else config[key]
-        if value < 1:
-            raise ConfigError(f"config: {key!r} must be >= 1, got {value}")
-    if config.data.num_workers < 0:
-        raise ConfigError(f"config: 'data.num_workers' must be >= 0, got {config.data.num_workers}")
+    check_ranges(config, _RANGES)
+    check_choices(config, _CHOICES)
     if config.init_from.path and not os.path.exists(config.init_from.path):
         raise ConfigError(f"config: 'init_from.path': {config.init_from.path} does not exist")
     if config.batch_size % config.grad_accum_steps:
@@ -139,12 +186,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config: batch_size={config.batch_size} is not divisible by "
             f"grad_accum_steps={config.grad_accum_steps}"
         )
-    for key, choices in _CHOICES.items():
-        value = config
-        for part in key.split("."):
-            value = value[part]
-        if value not in choices:
-            raise ConfigError(f"config: {key!r} must be one of {', '.join(choices)}; got {value!r}")
     get_task(config.task).validate_config(config)
 
 
@@ -156,3 +197,27 @@ def check_batch_divisible(config: ml_collections.ConfigDict, divisor: int, what:
                        ("eval.batch_size", config.eval.batch_size)):
         if size % divisor:
             raise ConfigError(f"config: {name} = {size} is not divisible by {what}")
+
+
+# Fields a resumed run may change: they alter neither what a checkpoint holds nor the data order.
+RESUMABLE_FIELDS = (
+    "total_steps", "log_every", "eval_every", "write_images", "checkpoint.", "eval.", "mesh.",
+    "sharding_rules", "data.num_workers", "init_from.",
+)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, (dict, ml_collections.ConfigDict)):
+        out = {}
+        for key in tree.keys():
+            out.update(_flat(tree[key], f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def changed_fields(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+    """["key: old -> new", ...] for the fields of `config` that differ from `saved` (a run's
+    config.json), in key order."""
+    old, new = _flat(saved), _flat(json.loads(config.to_json()))
+    return [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]

@@ -8,6 +8,7 @@ training loop (logging, evaluation, checkpoints, preemption, non-finite guard).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 
@@ -28,7 +29,7 @@ from mlx_research.data.pipeline import (
 from mlx_research.parallel.mesh import create_mesh
 from mlx_research.parallel.sharding import batch_sharding, get_rules, logical_shardings
 from mlx_research.train import config as config_lib
-from mlx_research.train.checkpoint import Checkpointer, abstract_like
+from mlx_research.train.checkpoint import Checkpointer, CheckpointMismatch, abstract_like
 from mlx_research.train.errors import ConfigError
 from mlx_research.train.init_from import load_variables, merge_pretrained
 from mlx_research.train.metrics import MetricWriter, ProgressLogger
@@ -41,6 +42,7 @@ from mlx_research.train.optim import (
 from mlx_research.train.state import TrainState
 from mlx_research.train.step import make_train_step
 from mlx_research.train.tasks import get_task
+from mlx_research.train.workdir_lock import WorkdirLock
 
 
 class NonFiniteLossError(RuntimeError):
@@ -120,12 +122,31 @@ class Trainer:
             name: jax.jit(e.predict, in_shardings=(self.variable_shardings, self.batch_sharding))
             for name, e in self.evaluators.items()
         }
-        self.checkpointer = Checkpointer(
-            os.path.join(workdir, "checkpoints"),
-            keep=config.checkpoint.keep,
-            async_save=config.checkpoint.async_save,
-        )
-        self.writer = MetricWriter(workdir, enabled=self.is_primary)
+        # ---------------------------------------------------------------- workdir
+        self.lock = self._lock_workdir() if self.is_primary else None
+        try:
+            self.checkpointer = Checkpointer(
+                os.path.join(workdir, "checkpoints"),
+                keep=config.checkpoint.keep,
+                async_save=config.checkpoint.async_save,
+            )
+            self.writer = MetricWriter(workdir, enabled=self.is_primary)
+        except BaseException:
+            if self.lock:
+                self.lock.release()
+            raise
+        self.preempted = False  # set when a SIGTERM/SIGINT stopped `train` early
+
+    def _lock_workdir(self) -> WorkdirLock:
+        try:
+            os.makedirs(self.workdir, exist_ok=True)
+            lock = WorkdirLock(os.path.join(self.workdir, "lock"))
+            note = lock.acquire()
+        except OSError as e:
+            raise ConfigError(f"workdir {self.workdir}: {e.strerror or e}") from None
+        if note:
+            self._say(note)
+        return lock
 
     def _say(self, message: str) -> None:
         """Console message from the primary process only."""
@@ -180,13 +201,43 @@ class Trainer:
         return state.replace(params=params, model_state=merged)
 
     def initial_state(self) -> tuple[TrainState, dict | None]:
-        """The latest restorable checkpoint of the workdir, else a fresh state (`fresh_state`)."""
-        restored = self.checkpointer.restore_latest(self.abstract_state())
-        if restored is not None:
-            step, state, data_state = restored
-            self._say(f"resumed from checkpoint step {step} in {self.checkpointer.directory}")
-            return state, data_state
-        return self.fresh_state(), None
+        """The latest restorable checkpoint of the workdir, else a fresh state (`fresh_state`).
+
+        Raises ConfigError when the checkpoint cannot continue under this config: a changed model
+        or optimizer (the state's shapes differ) or a changed batch_size (the data position counts
+        batches). Other changed fields outside `config_lib.RESUMABLE_FIELDS` are reported.
+        """
+        saved = self._saved_config()
+        changed = config_lib.changed_fields(saved, self.config) if saved else []
+        try:
+            restored = self.checkpointer.restore_latest(self.abstract_state())
+        except CheckpointMismatch as e:
+            raise ConfigError(
+                f"cannot resume: {e}; config fields changed since that run: "
+                f"{'; '.join(changed) or 'none recorded'} (use a new workdir to start afresh)"
+            ) from None
+        if restored is None:
+            return self.fresh_state(), None
+        step, state, data_state = restored
+        if saved and saved.get("batch_size") != self.config.batch_size:
+            raise ConfigError(
+                f"cannot resume: 'batch_size' changed from {saved.get('batch_size')} to "
+                f"{self.config.batch_size} since checkpoint step {step}; the data position counts "
+                f"batches (use a new workdir, or the old batch_size)"
+            )
+        self._say(f"resumed from checkpoint step {step} in {self.checkpointer.directory}")
+        unexpected = [c for c in changed if not c.startswith(config_lib.RESUMABLE_FIELDS)]
+        if unexpected:
+            self._say(f"warning: resuming with changed fields: {'; '.join(unexpected)}")
+        return state, data_state
+
+    def _saved_config(self) -> dict | None:
+        """config.json of the run that last trained in this workdir, if any."""
+        try:
+            with open(os.path.join(self.workdir, "config.json")) as f:
+                return json.load(f)
+        except (FileNotFoundError, ValueError):
+            return None
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, state: TrainState, names: list[str] | None = None) -> dict[str, float]:
@@ -231,8 +282,8 @@ class Trainer:
     def train(self) -> TrainState:
         """Trains to `config.total_steps`, resuming from the workdir's latest checkpoint."""
         c = self.config
-        self.writer.write_config(c)
         state, data_state = self.initial_state()
+        self.writer.write_config(c)  # only once the checkpoint (if any) accepted this config
         start = int(state.step)
         it = make_train_iterator(
             self.train_source,
@@ -250,7 +301,7 @@ class Trainer:
         if start >= c.total_steps:
             self._say(f"step {start} already reached (total_steps={c.total_steps})")
 
-        with self.mesh_context(), preempted:
+        with self.mesh_context(), preempted, self._finish_saves():
             for step in range(start + 1, c.total_steps + 1):
                 batch = to_global_batch(next(it), self.batch_sharding)
                 state, metrics = self.train_step(state, batch)
@@ -278,14 +329,23 @@ class Trainer:
                 if evaluate:
                     self._evaluate_and_report(state, step)
                 if stop:
+                    self.preempted = True
                     self._say(
                         f"preemption signal: saved checkpoint step {step} in "
                         f"{self.checkpointer.directory}; exiting"
                     )
                     break
-        self.checkpointer.wait()
         self.writer.flush()
         return state
+
+    @contextlib.contextmanager
+    def _finish_saves(self):
+        """Waits for checkpoints being written however the block ends (an exception in an
+        evaluation must not leave a half-written step behind)."""
+        try:
+            yield
+        finally:
+            self.checkpointer.wait()
 
     def _check_finite(self, state: TrainState, last_saved: int | None) -> None:
         bad = int(state.bad_step)
@@ -300,8 +360,12 @@ class Trainer:
             )
 
     def close(self) -> None:
-        self.checkpointer.close()
-        self.writer.close()
+        try:
+            self.checkpointer.close()
+            self.writer.close()
+        finally:
+            if self.lock:
+                self.lock.release()
 
     def evaluate_checkpoint(
         self, step: int | None = None, evaluator: str | None = None
@@ -312,11 +376,13 @@ class Trainer:
             raise ConfigError(
                 f"--eval={evaluator}: the task's evaluators are {', '.join(self.evaluators)}"
             )
-        steps = self.checkpointer.steps()
-        if not steps:
-            raise ConfigError(f"no checkpoint to evaluate in {self.checkpointer.directory}")
-        step = steps[-1] if step is None else step
-        state, _ = self.checkpointer.restore(step, self.abstract_state())
+        if step is None:  # the newest checkpoint that restores (corrupt ones are moved aside)
+            restored = self.checkpointer.restore_latest(self.abstract_state())
+            if restored is None:
+                raise ConfigError(f"no checkpoint to evaluate in {self.checkpointer.directory}")
+            step, state, _ = restored
+        else:
+            state, _ = self.checkpointer.restore(step, self.abstract_state())
         scores = self._evaluate_and_report(state, step, [evaluator] if evaluator else None)
         self.writer.flush()
         return scores
@@ -340,24 +406,28 @@ def _put(value, sharding: NamedSharding) -> jax.Array:
 
 
 class _SigtermFlag:
-    """Records SIGTERM (preemption) while active instead of dying mid-step."""
+    """Records SIGTERM (preemption) and the first Ctrl-C (SIGINT) while active instead of dying
+    mid-step; a second Ctrl-C interrupts at once."""
+
+    _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.received = False
-        self._previous = None
+        self._previous = {}
 
     def _handler(self, signum, frame):
-        del signum, frame
+        if signum == signal.SIGINT and self.received:
+            signal.default_int_handler(signum, frame)
         self.received = True
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread: leave the default handler
-            self._previous = None
+            self._previous = {s: signal.signal(s, self._handler) for s in self._SIGNALS}
+        except ValueError:  # not the main thread: leave the default handlers
+            self._previous = {}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
         return False

@@ -17,7 +17,7 @@ import numpy as np
 from mlx_research.data import seq2seq as data
 from mlx_research.losses.classification import cross_entropy
 from mlx_research.models.seq2seq import Seq2SeqTransformer, generate
-from mlx_research.train.config import check_batch_divisible
+from mlx_research.train.config import check_batch_divisible, check_choices, check_ranges
 from mlx_research.train.errors import ConfigError
 from mlx_research.train.evaluators import SumEvaluator
 from mlx_research.train.tasks import base
@@ -27,6 +27,25 @@ def shift_right(targets: jax.Array) -> jax.Array:
     """[B, T] targets -> decoder inputs [B, T]: BOS, then targets[:, :-1]."""
     bos = jnp.full((targets.shape[0], 1), data.BOS_ID, targets.dtype)
     return jnp.concatenate([bos, targets[:, :-1]], axis=1)
+
+
+_RANGES = {
+    "model.d_model": (1, None),
+    "model.nhead": (1, None),
+    "model.num_encoder_layers": (1, None),
+    "model.num_decoder_layers": (1, None),
+    "model.dim_feedforward": (1, None),
+    "model.dropout": (0, 0.99),
+    "model.pipeline_microbatches": (1, None),
+    "data.vocab_size": (4, 2**31 - 1),  # PAD, BOS, EOS and at least one symbol
+    "data.min_len": (1, None),
+    "data.max_len": (1, None),
+    "data.num_train": (1, None),
+    "eval.num_examples": (1, None),
+    "eval.beam_size": (1, None),
+    "eval.length_penalty": (0, None),
+    "label_smoothing": (0, 1),
+}
 
 
 class Task(base.Task):
@@ -71,16 +90,20 @@ class Task(base.Task):
 
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
-        if config.eval.beam_size < 1:
-            raise ConfigError(f"config: 'eval.beam_size' must be >= 1, got {config.eval.beam_size}")
-        m, stages = config.model, config.mesh.get("stage", 1)
+        check_choices(config, {"data.task": ("reverse", "sort", "copy")})
+        check_ranges(config, _RANGES)
+        d, m = config.data, config.model
+        if d.min_len > d.max_len:
+            raise ConfigError(f"config: 'data.min_len' = {d.min_len} exceeds 'data.max_len' = "
+                              f"{d.max_len}")
+        if m.d_model % m.nhead:
+            raise ConfigError(f"config: 'model.d_model' = {m.d_model} is not divisible by "
+                              f"'model.nhead' = {m.nhead}")
+        stages = config.mesh.get("stage", 1)
         if not m.pipeline:
             if stages > 1:
                 raise ConfigError(f"config: mesh.stage={stages} needs model.pipeline=True")
             return
-        if m.pipeline_microbatches < 1:
-            raise ConfigError(f"config: 'model.pipeline_microbatches' must be >= 1, got "
-                              f"{m.pipeline_microbatches}")
         for key in ("num_encoder_layers", "num_decoder_layers"):
             if stages > 1 and m[key] % stages:
                 raise ConfigError(f"config: model.{key}={m[key]} is not divisible by "
