@@ -1,0 +1,1 @@
+"""Evaluators scoring predictions on the host: COCO mAP (pycocotools)."""
