@@ -172,6 +172,15 @@ def test_annotations_grouped_by_image_in_file_order(tmp_path):
         ds[3]
 
 
+def test_many_interleaved_annotations_keep_file_order(tmp_path):
+    image_of = np.random.default_rng(0).integers(1, 4, 90)
+    annotations = [_ann(k + 1, int(i), 1, [0, 0, k / 10 + 1, 1]) for k, i in enumerate(image_of)]
+    ds = CocoDetection(_dataset(tmp_path, annotations, images=[_image(1), _image(2), _image(3)]))
+    for index, image_id in enumerate([1, 2, 3]):
+        widths = [k / 10 + 1 for k in range(90) if image_of[k] == image_id]
+        np.testing.assert_allclose(ds[index]["boxes"][:, 2], widths, rtol=1e-6)
+
+
 def test_grayscale_rgba_and_palette_images_become_rgb(tmp_path):
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, (8, 6), dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""Tests for mlx_research.data.shapes (SyntheticShapes) and mlx_research.data.detection_transforms."""
+"""Tests for mlx_research.data.shapes and mlx_research.data.detection_transforms."""
 
 import time
 from fractions import Fraction
@@ -50,8 +50,11 @@ def test_example_depends_only_on_seed_split_index():
         _assert_examples_equal(a[i], a_again[i])
     _assert_examples_equal(a[-1], a[9])
     other_seed, other_split = SyntheticShapes(10, seed=2), SyntheticShapes(10, seed=1, split="eval")
+    _assert_examples_equal(other_split[2], SyntheticShapes(3, seed=1, split="val")[2])
+    test_split = SyntheticShapes(3, seed=1, split="test")
     for i in range(3):
         assert not np.array_equal(a[i]["image"], other_seed[i]["image"])
+        assert not np.array_equal(test_split[i]["image"], other_split[i]["image"])
         assert not np.array_equal(a[i]["image"], other_split[i]["image"])
         assert not np.array_equal(a[i]["image"], a[i + 1]["image"])
 
@@ -73,7 +76,7 @@ def test_index_out_of_range():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(split="val"), dict(image_size=4), dict(min_size=3), dict(min_size=30, max_size=20),
+    [dict(split="valid"), dict(image_size=4), dict(min_size=3), dict(min_size=30, max_size=20),
      dict(max_size=200), dict(max_objects=-1), dict(seed=-1), dict(empty_fraction=1.5)],
 )
 def test_bad_arguments(kwargs):
@@ -146,6 +149,22 @@ def test_single_shape_box_equals_its_mask(monkeypatch):
         ex = ds[i]
         assert len(ex["labels"]) == 1
         assert ex["boxes"][0].tolist() == _tight_box(ex["image"].any(axis=-1))
+
+
+def test_objects_contrast_with_what_lies_beneath(monkeypatch):
+    """The colour is the farthest of 8 random candidates from the mean beneath: on a grey
+    background, far from grey (a random colour is within 100 of it with probability 0.25)."""
+    monkeypatch.setattr(
+        shapes, "_background", lambda rng, size: np.full((size, size, 3), 128, np.uint8)
+    )
+    ds = SyntheticShapes(40, image_size=32, max_objects=1, min_size=6, max_size=16,
+                         empty_fraction=0.0)
+    for i in range(len(ds)):
+        image = ds[i]["image"].astype(float)
+        x1, y1, x2, y2 = ds[i]["boxes"][0].astype(int)
+        colour = image[y1:y2, x1:x2].reshape(-1, 3)
+        colour = colour[np.any(colour != 128, axis=1)][0]
+        assert np.linalg.norm(colour - 128) > 100
 
 
 def test_class_and_count_distribution():
@@ -357,8 +376,10 @@ def test_empty_example():
 
 def test_eval_drops_boxes_outside_the_image():
     image = np.zeros((20, 40, 3), np.uint8)
-    out = DetectionTransform(20, 3, train=False)(_example(image, [[40, 0, 45, 5], [0, 0, 4, 4]]))
+    boxes = [[40, 0, 45, 5], [0, 0, 4, 4], [5, 20, 9, 26], [-3, 1, 0, 3]]
+    out = DetectionTransform(20, 3, train=False)(_example(image, boxes))
     assert out["box_valid"].tolist() == [True, False, False]
+    assert out["labels"].tolist() == [2, 0, 0]
     np.testing.assert_allclose(out["boxes"][0], [0, 0, 2, 2])
 
 

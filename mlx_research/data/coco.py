@@ -268,7 +268,7 @@ class CocoDetection:
         path, image_id = self.image_path(index), self.image_ids[index]
         try:
             with Image.open(path) as image:
-                array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+                array = np.array(image if image.mode == "RGB" else image.convert("RGB"))
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             message = str(e).splitlines()[0] if str(e) else ""
             raise ConfigError(

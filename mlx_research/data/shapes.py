@@ -28,7 +28,7 @@ import numpy as np
 
 CLASS_NAMES = ("circle", "square", "triangle")
 NUM_CLASSES = len(CLASS_NAMES)
-_SPLITS = {"train": 0, "eval": 1, "test": 2}
+_SPLITS = {"train": 0, "eval": 1, "val": 1, "test": 2}  # "val" is another name of "eval"
 _PLACEMENT_TRIES = 10
 _MIN_VISIBLE = 0.6
 _COLOUR_CANDIDATES = 8
@@ -169,7 +169,7 @@ class SyntheticShapes:
       min_size: smallest shape side in pixels, at least 4.
       max_size: largest shape side, in ``[min_size, image_size]``.
       seed: base seed, >= 0.
-      split: "train", "eval" or "test".
+      split: "train", "eval" (also called "val": the same examples) or "test".
       empty_fraction: probability of an image without objects, in [0, 1].
 
     Attributes:
