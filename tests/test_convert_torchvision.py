@@ -142,11 +142,14 @@ def _torchvision_resnet18_features(x, state_dict):
 # --- tests --------------------------------------------------------------------------------
 
 
-def test_resnet18_eval_features_match_numpy_torchvision_forward():
+@pytest.mark.parametrize("norm", ["batch", "frozen_batch"])
+def test_resnet18_eval_features_match_numpy_torchvision_forward(norm):
     state_dict = _random_state_dict("resnet18")
-    variables = ct.convert(state_dict, "resnet18")
+    variables = ct.convert(state_dict, "resnet18", norm=norm)
+    if norm == "frozen_batch":  # nothing trainable in the norms: scale/bias are statistics
+        assert "bn1" not in variables["params"] and "scale" in variables["batch_stats"]["bn1"]
     x_nchw = np.random.default_rng(1).normal(size=(1, 3, 32, 32))
-    out = jax.jit(lambda v, x: resnet18().apply(v, x, train=False))(
+    out = jax.jit(lambda v, x: resnet18(norm=norm).apply(v, x, train=False))(
         variables, x_nchw.transpose(0, 2, 3, 1).astype(np.float32)
     )
     expected = _torchvision_resnet18_features(x_nchw, state_dict)

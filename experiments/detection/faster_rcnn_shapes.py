@@ -13,7 +13,7 @@ from mlx_research.train.config import default_config
 def get_config(arg: str | None = None):
     """arg: comma-separated presets: "quick" | "runlocal"."""
     config = default_config("faster_rcnn")
-    config.total_steps = 3000
+    config.total_steps = 4000
     config.batch_size = 8
     config.log_every = 50
     config.eval_every = 1000
@@ -26,15 +26,15 @@ def get_config(arg: str | None = None):
         anchor_sizes=((16, 32, 64),), aspect_ratios=((0.5, 1.0, 2.0),),
         rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
-        box_batch_size_per_image=128, representation_size=256,
+        box_batch_size_per_image=64, representation_size=256,
     )
     config.data.update(image_size=128, max_boxes=8, shapes_max_objects=6)
     config.eval.update(num_examples=256, batch_size=32)
 
     for item in filter(None, (arg or "").split(",")):
         if item == "quick":
-            config.total_steps, config.eval_every = 800, 400
-            config.checkpoint.every_steps = 400
+            config.total_steps, config.eval_every = 1200, 600
+            config.checkpoint.every_steps = 600
         elif item == "runlocal":
             config.total_steps, config.log_every, config.eval_every = 6, 2, 6
             config.checkpoint.every_steps = 6

@@ -50,9 +50,9 @@ def _torch_module_name(name: str) -> str:
     return f"{base}.{index}" if sep and index.isdigit() else name
 
 
-def _target_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+def _target_shapes(arch: str, norm: str = "batch") -> dict[str, tuple[int, ...]]:
     """{"/"-joined variable path: shape} of our ``arch`` backbone (traced, nothing allocated)."""
-    model = getattr(resnet, arch)()
+    model = getattr(resnet, arch)(norm=norm)
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
     return {name: tuple(leaf.shape) for name, leaf in flatten(variables).items()}
@@ -75,13 +75,18 @@ def _is_ignored(key: str) -> bool:
     return key.startswith("fc.") or key.endswith(".num_batches_tracked")
 
 
-def convert(state_dict: Mapping[str, Any], arch: str) -> dict[str, dict[str, Any]]:
+def convert(
+    state_dict: Mapping[str, Any], arch: str, norm: str = "batch"
+) -> dict[str, dict[str, Any]]:
     """Converts a torchvision ResNet state dict to our variables.
 
     Args:
         state_dict: torchvision key -> array (numpy, or anything ``np.asarray`` takes), conv
             weights [O, I, kh, kw], BatchNorm vectors [C].
         arch: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+        norm: the target model's norm: ``"batch"`` (BatchNorm scale/bias in ``params``) or
+            ``"frozen_batch"`` (``FrozenBatchNorm``: scale/bias with the statistics in
+            ``batch_stats``, nothing trainable), as for a detection backbone.
 
     Returns:
         ``{"params": ..., "batch_stats": ...}`` nested dicts of float32 numpy arrays with
@@ -93,7 +98,9 @@ def convert(state_dict: Mapping[str, Any], arch: str) -> dict[str, dict[str, Any
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
-    targets = _target_shapes(arch)
+    if norm not in ("batch", "frozen_batch"):
+        raise ValueError(f"unknown norm {norm!r}; expected batch or frozen_batch")
+    targets = _target_shapes(arch, norm)
     keys = {torch_key(path): path for path in targets}
     unexpected = sorted(k for k in state_dict if k not in keys and not _is_ignored(k))
     if unexpected:
@@ -118,9 +125,11 @@ def convert(state_dict: Mapping[str, Any], arch: str) -> dict[str, dict[str, Any
     return variables
 
 
-def write_npz(state_dict: Mapping[str, Any], arch: str, out_path: str | Path) -> None:
+def write_npz(
+    state_dict: Mapping[str, Any], arch: str, out_path: str | Path, norm: str = "batch"
+) -> None:
     """Converts ``state_dict`` (see ``convert``) and saves it as a "/"-keyed ``.npz``."""
-    np.savez(out_path, **flatten(convert(state_dict, arch)))
+    np.savez(out_path, **flatten(convert(state_dict, arch, norm)))
 
 
 def load_npz(path: str | Path) -> dict[str, Any]:
@@ -145,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("arch", choices=ARCHS)
     parser.add_argument("input", type=Path, help="torchvision state dict saved by torch.save")
     parser.add_argument("output", type=Path, help=".npz to write (np.savez adds the suffix if missing)")
+    parser.add_argument("--norm", choices=("batch", "frozen_batch"), default="batch",
+                        help="the norm of the model that will load it (frozen_batch: detection)")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -160,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     arrays = {k: v.detach().cpu().float().numpy() for k, v in state_dict.items()}
     try:
-        write_npz(arrays, args.arch, args.output)
+        write_npz(arrays, args.arch, args.output, args.norm)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

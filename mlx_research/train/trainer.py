@@ -336,6 +336,8 @@ class Trainer:
                     )
                     break
         self.writer.flush()
+        if c.write_images and not self.preempted:
+            self._say(f"prediction pictures: {os.path.join(self.workdir, 'images')}")
         return state
 
     @contextlib.contextmanager
