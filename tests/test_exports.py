@@ -25,3 +25,16 @@ def test_losses_exports():
     missing = [n for n in LOSSES.split() if n not in mlx_research.losses.__all__]
     assert not missing
     assert all(callable(getattr(mlx_research.losses, n)) for n in LOSSES.split())
+
+
+OPS = """box_convert box_area box_iou generalized_box_iou clip_boxes_to_image remove_small_boxes
+BoxCoder anchor_grid nms batched_nms roi_align roi_pool multiscale_roi_align balanced_sample
+linear_sum_assignment matcher"""
+
+
+def test_ops_exports():
+    import mlx_research.ops
+
+    missing = [n for n in OPS.split() if n not in mlx_research.ops.__all__]
+    assert not missing
+    assert all(callable(getattr(mlx_research.ops, n)) for n in OPS.split())

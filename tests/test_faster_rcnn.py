@@ -110,3 +110,16 @@ def test_coco_folder_from_the_shapes_writer_trains_and_evaluates(tmp_path):
     assert all(-1 <= evals[0][f"eval/coco/{k}"] <= 1 for k in ("AP", "AP50", "AR100"))
     assert sorted(trainer.evaluators["coco"].seen_image_ids) == list(range(1, 7))
     assert list((tmp_path / "run" / "images").glob("coco_detections_*.png"))
+
+
+def test_feature_pyramid_variant_trains_and_detects(tmp_path):
+    config = tiny_config(total_steps=2, eval_every=2)
+    config.model.update(fpn=True, fpn_channels=16, feature_levels=("C2", "C3"),
+                        anchor_sizes=((16,), (32,), (64,)), aspect_ratios=((0.5, 1.0, 2.0),) * 3)
+    trainer = Trainer(config, str(tmp_path))
+    assert trainer.task.feature_sizes == ((16, 16), (8, 8), (4, 4))  # C2, C3 and the pooled level
+    assert trainer.task.anchors.shape == ((16 * 16 + 8 * 8 + 4 * 4) * 3, 4)
+    state = trainer.train()
+    trainer.close()
+    assert int(state.step) == 2
+    assert "eval/coco/AP" in read_metrics(tmp_path)[-1]

@@ -3,8 +3,8 @@
 Run:  ./launch.sh experiments/detection/faster_rcnn_coco.py --config.data.root=/data/coco
       (root/annotations/instances_{train,val}.json and root/{train,val}/ image folders; the
       paths are config fields). Start from a converted torchvision ResNet-50:
-      python -m mlx_research.tools.convert_torchvision resnet50 resnet50.pth resnet50.npz, then
-      --config.init_from.path=resnet50.npz (loaded under model/body, frozen BN).
+      python -m mlx_research.tools.convert_torchvision resnet50 resnet50.pth resnet50.npz
+      --norm=frozen_batch, then --config.init_from.path=resnet50.npz (loaded under body).
 Result: not measured here (no COCO on the development machine).
 """
 
