@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlx_research.data.detection_transforms import DetectionTransform
+from mlx_research.data.pipeline import make_eval_iterator
+from mlx_research.evaluation.coco import CocoEvaluator
 from mlx_research.data.shapes import SyntheticShapes, write_coco
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.step import loss_and_grads
@@ -110,6 +112,20 @@ def test_coco_folder_from_the_shapes_writer_trains_and_evaluates(tmp_path):
     assert all(-1 <= evals[0][f"eval/coco/{k}"] <= 1 for k in ("AP", "AP50", "AR100"))
     assert sorted(trainer.evaluators["coco"].seen_image_ids) == list(range(1, 7))
     assert list((tmp_path / "run" / "images").glob("coco_detections_*.png"))
+    # The same evaluator and loader score the ground truth itself as perfect.
+    evaluator = trainer.evaluators["coco"]
+    oracle = CocoEvaluator(
+        evaluator.source, evaluator.transform,
+        lambda variables, batch: {"boxes": batch["boxes"], "scores": jnp.ones_like(batch["boxes"][..., 0]),
+                                  "labels": batch["labels"], "valid": batch["box_valid"]},
+        evaluator.source.coco, evaluator.source.image_ids, evaluator.source.label_to_category_id)
+    batches = make_eval_iterator(oracle.source, global_batch_size=4, transform=oracle.transform)
+    for batch in batches:
+        predictions = jax.tree.map(np.asarray, oracle.predict({}, batch))
+        keep = batch["valid"]
+        oracle.update({k: v[keep] for k, v in predictions.items()}, batch["index"][keep])
+    scores = oracle.result()
+    assert scores["AP"] == scores["AP50"] == 1.0, scores
 
 
 def test_feature_pyramid_variant_trains_and_detects(tmp_path):
