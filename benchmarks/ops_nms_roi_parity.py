@@ -100,7 +100,8 @@ def roi_parity(rng) -> dict:
     import torch
     import torchvision
 
-    from mlx_research.ops.roi import multiscale_roi_align, roi_align, roi_pool
+    from mlx_research.ops.roi import multiscale_roi_align, roi_align
+    from mlx_research.ops.roi_pool import roi_pool
 
     out = {"roi_align": [], "roi_align_tv32_vs_tv64": [], "roi_align_grad": [], "roi_pool": []}
     for scale, extent, size in ((1.0, 24.0, (0.0, 14.0)), (0.5, 48.0, (0.0, 30.0)),

@@ -87,7 +87,8 @@ def measure_ours(repeats: int) -> dict:
     import jax.numpy as jnp
 
     from mlx_research.ops.nms import nms
-    from mlx_research.ops.roi import roi_align, roi_pool
+    from mlx_research.ops.roi import roi_align
+    from mlx_research.ops.roi_pool import roi_pool
 
     out = {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
            "jax": jax.__version__}

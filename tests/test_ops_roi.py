@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlx_research.ops.roi import infer_scale, map_levels, multiscale_roi_align, roi_align, roi_pool
+from mlx_research.ops.roi import infer_scale, map_levels, multiscale_roi_align, roi_align
+from mlx_research.ops.roi_pool import roi_pool
 
 
 def ref_roi_align(feat, rois, oh, ow, scale, sampling_ratio, aligned):

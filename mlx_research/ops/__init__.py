@@ -14,7 +14,8 @@ from mlx_research.ops.boxes import (
 )
 from mlx_research.ops.matching import MATCHERS, linear_sum_assignment, matcher
 from mlx_research.ops.nms import batched_nms, nms
-from mlx_research.ops.roi import multiscale_roi_align, roi_align, roi_pool
+from mlx_research.ops.roi import multiscale_roi_align, roi_align
+from mlx_research.ops.roi_pool import roi_pool
 from mlx_research.ops.sampling import balanced_sample
 
 __all__ = [
