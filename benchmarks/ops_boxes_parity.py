@@ -18,7 +18,6 @@ checked to be 0 on our side. Writes benchmarks/results/ops_boxes_parity.json.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path

@@ -5,7 +5,6 @@ prefix); the prefix is read from the cache, so wrong tiling or reordering of the
 logits. Every hypothesis of such a model is enumerated and scored in numpy.
 """
 
-import itertools
 
 import jax
 import jax.numpy as jnp

@@ -4,7 +4,6 @@ eligibility, randomness and uniformity."""
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

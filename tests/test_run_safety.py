@@ -5,10 +5,7 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
-import jax
-import numpy as np
 import pytest
 
 from mlx_research.train import config as config_lib
@@ -17,9 +14,8 @@ from mlx_research.testing import REPO_ROOT
 from tests.test_trainer import EXPERIMENT, _env, main_cmd, restore_params, tiny_config
 
 
-def _run(*args, **kwargs):
-    return subprocess.run(args[0] if len(args) == 1 else list(args), env=_env(), cwd=REPO_ROOT,
-                          capture_output=True, text=True, **kwargs)
+def _run(cmd):
+    return subprocess.run(cmd, env=_env(), cwd=REPO_ROOT, capture_output=True, text=True)
 
 
 def _steps(workdir):
@@ -55,9 +51,8 @@ def test_bad_config_files_fail_with_one_line(tmp_path, config, message):
     (["--mode=eval"], "no checkpoint to evaluate in"),
 ])
 def test_entry_point_misuse_fails_with_one_line(tmp_path, flags, message):
-    cmd = [sys.executable, "-m", "mlx_research.main", f"--config={EXPERIMENT}",
-           f"--workdir={tmp_path / 'run'}", *flags]
-    cmd = [c for c in cmd if not (c == f"--workdir={tmp_path / 'run'}" and "--workdir=" in flags)]
+    workdir = [] if "--workdir=" in flags else [f"--workdir={tmp_path / 'run'}"]
+    cmd = [sys.executable, "-m", "mlx_research.main", f"--config={EXPERIMENT}", *workdir, *flags]
     _assert_one_error_line(_run(cmd), message)
     assert not (tmp_path / "run").exists()  # nothing created
 

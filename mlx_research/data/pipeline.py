@@ -10,6 +10,7 @@ batch, and :func:`to_global_batch` assembles the slices into one sharded ``jax.A
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -26,6 +27,17 @@ class RandomAccessSource(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+
+
+def checked_index(index: int, size: int) -> int:
+    """``index`` into a source of ``size`` examples, negative counting from the end (like a
+    list); IndexError when out of range."""
+    index = operator.index(index)
+    if index < 0:
+        index += size
+    if not 0 <= index < size:
+        raise IndexError(f"index {index} out of range for {size} examples.")
+    return index
 
 
 def _per_process_batch_size(

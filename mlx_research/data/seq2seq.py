@@ -7,9 +7,9 @@ Token ids: ``PAD_ID = 0``, ``BOS_ID = 1`` (for the decoder's shifted input, not 
 
 from __future__ import annotations
 
-import operator
-
 import numpy as np
+
+from mlx_research.data.pipeline import checked_index
 
 PAD_ID = 0
 BOS_ID = 1
@@ -82,11 +82,7 @@ class SyntheticSeq2Seq:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         """Returns example ``index`` (negative indices count from the end)."""
-        index = operator.index(index)
-        if index < 0:
-            index += self.num_examples
-        if not 0 <= index < self.num_examples:
-            raise IndexError(f"index {index} out of range for {self.num_examples} examples.")
+        index = checked_index(index, self.num_examples)
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
         length = int(rng.integers(self.min_len, self.max_len + 1))
         symbols = rng.integers(_FIRST_SYMBOL, self.vocab_size, size=length).astype(np.int32)

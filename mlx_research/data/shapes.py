@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import functools
 import json
-import operator
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mlx_research.data.pipeline import checked_index
 
 CLASS_NAMES = ("circle", "square", "triangle")
 NUM_CLASSES = len(CLASS_NAMES)
@@ -222,11 +223,7 @@ class SyntheticShapes:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         """Returns raw example ``index`` (negative indices count from the end)."""
-        index = operator.index(index)
-        if index < 0:
-            index += self.num_examples
-        if not 0 <= index < self.num_examples:
-            raise IndexError(f"index {index} out of range for {self.num_examples} examples.")
+        index = checked_index(index, self.num_examples)
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
         return render_example(
             rng, self.image_size, self.max_objects, self.min_size, self.max_size,

@@ -62,7 +62,7 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     c.init_from.prefix = ""  # module path the loaded tree goes under (e.g. "backbone")
     c.init_from.exclude = ()  # regexes of loaded keys to skip (e.g. "^params/fc/")
     c.data = ml_collections.ConfigDict()  # the task adds its fields (tasks/<name>.py)
-    c.data.num_workers = 0  # threads reading and transforming examples (0 = in the main thread)
+    c.data.num_workers = 0  # threads reading and transforming examples (0 = one prefetch thread)
     c.eval = ml_collections.ConfigDict()  # the task adds its fields
     c.eval.batch_size = 64  # global evaluation batch, every evaluator
     return c
@@ -207,12 +207,10 @@ RESUMABLE_FIELDS = (
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, (dict, ml_collections.ConfigDict)):
-        out = {}
-        for key in tree.keys():
-            out.update(_flat(tree[key], f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+    """{"a.b": leaf} of a JSON object (dicts nested; lists are leaves)."""
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
 
 
 def changed_fields(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:

@@ -34,7 +34,6 @@ from mlx_research.train.errors import ConfigError
 from mlx_research.train.init_from import load_variables, merge_pretrained
 from mlx_research.train.metrics import MetricWriter, ProgressLogger
 from mlx_research.train.optim import (
-    check_param_groups,
     group_learning_rates,
     make_optimizer,
     map_opt_state_params,
@@ -86,7 +85,6 @@ class Trainer:
             boxed = jax.eval_shape(self.task.init_variables, jax.random.PRNGKey(0), self.init_batch)
             self.variable_shardings = logical_shardings(boxed, self.mesh, self.rules)
         abstract_params = nn.meta.unbox(boxed)["params"]  # outside the mesh: no constraints
-        check_param_groups(config.optim, abstract_params)
         self.tx, self.schedule = make_optimizer(config.optim, abstract_params, config.total_steps)
         replicated = NamedSharding(self.mesh, P())
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)

@@ -15,7 +15,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from mlx_research.data import coco as coco_data
 from mlx_research.data import shapes
