@@ -147,11 +147,12 @@ def _variable_length_batch(trainer, size=8):
 
 def _full_batch_token_mean_grad(trainer, params, batch):
     """Reference: d/dparams of (sum of token cross-entropies) / (number of tokens), whole batch."""
-    from mlx_research.train.tasks.seq2seq import shift_right
+    from mlx_research.data.seq2seq import BOS_ID
+    from mlx_research.models.decoding import shift_right
 
     def loss(params):
         logits = trainer.task.model.apply(
-            {"params": params}, batch["inputs"], shift_right(batch["targets"]), train=False)
+            {"params": params}, batch["inputs"], shift_right(batch["targets"], BOS_ID), train=False)
         real = batch["targets"] != 0
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
         return jnp.sum(jnp.where(real, nll, 0.0)) / jnp.sum(real)

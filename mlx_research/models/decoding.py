@@ -28,6 +28,12 @@ Cache = Any
 Step = Callable[[Array, Cache], tuple[Array, Cache]]
 
 
+def shift_right(targets: Array, bos_id: int) -> Array:
+    """[B, T] target ids -> teacher-forcing decoder inputs [B, T]: BOS, then targets[:, :-1]."""
+    bos = jnp.full((targets.shape[0], 1), bos_id, targets.dtype)
+    return jnp.concatenate([bos, targets[:, :-1]], axis=1)
+
+
 def _check_rows(cache: Cache, rows: int) -> None:
     for leaf in jax.tree.leaves(cache):
         if jnp.ndim(leaf) and jnp.shape(leaf)[0] != rows:

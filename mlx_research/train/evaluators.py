@@ -59,6 +59,11 @@ class Evaluator:
         del predictions, batch
         return {}
 
+    def write_outputs(self, directory: str, step: int) -> None:
+        """Optional files after `result()` (process 0), e.g. generated reports beside their
+        references, under `directory` = <workdir>/eval/<evaluator name>. Default: nothing."""
+        del directory, step
+
 
 class SumEvaluator(Evaluator):
     """Sums per-example predictions over the split, then `finalize` turns the sums into scores.

@@ -129,6 +129,8 @@ class Trainer:
                 async_save=config.checkpoint.async_save,
             )
             self.writer = MetricWriter(workdir, enabled=self.is_primary)
+            if self.is_primary:
+                self.task.prepare_workdir(workdir)
         except BaseException:
             if self.lock:
                 self.lock.release()
@@ -274,6 +276,7 @@ class Trainer:
                         self.writer.write_images(int(state.step), images)
             if self.is_primary:
                 scores.update({f"{name}/{k}": v for k, v in evaluator.result().items()})
+                evaluator.write_outputs(os.path.join(self.workdir, "eval", name), int(state.step))
         return scores
 
     # ------------------------------------------------------------------ training loop

@@ -40,6 +40,12 @@ class Task:
         """Raises mlx_research.train.errors.ConfigError for task-specific inconsistencies,
         including data paths that do not exist (one line naming the key and the path)."""
 
+    def prepare_workdir(self, workdir: str) -> None:
+        """Called once by the trainer (primary process) before training or evaluation: writes files
+        a reader of the workdir needs besides checkpoints (e.g. a vocabulary), or checks that those a
+        previous run wrote still agree. Default: nothing."""
+        del workdir
+
     def train_source(self) -> Any:
         """Random-access source (len, getitem) of training examples (dicts of numpy arrays)."""
         raise NotImplementedError

@@ -16,17 +16,12 @@ import numpy as np
 
 from mlx_research.data import seq2seq as data
 from mlx_research.losses.classification import cross_entropy
+from mlx_research.models.decoding import shift_right
 from mlx_research.models.seq2seq import Seq2SeqTransformer, generate
 from mlx_research.train.config import check_batch_divisible, check_choices, check_ranges
 from mlx_research.train.errors import ConfigError
 from mlx_research.train.evaluators import SumEvaluator
 from mlx_research.train.tasks import base
-
-
-def shift_right(targets: jax.Array) -> jax.Array:
-    """[B, T] targets -> decoder inputs [B, T]: BOS, then targets[:, :-1]."""
-    bos = jnp.full((targets.shape[0], 1), data.BOS_ID, targets.dtype)
-    return jnp.concatenate([bos, targets[:, :-1]], axis=1)
 
 
 _RANGES = {
@@ -142,7 +137,7 @@ class Task(base.Task):
         return data.relabel_symbols(example, rng, d.task, d.vocab_size)
 
     def model_inputs(self, batch):
-        return dict(inputs=batch["inputs"], decoder_inputs=shift_right(batch["targets"]))
+        return dict(inputs=batch["inputs"], decoder_inputs=shift_right(batch["targets"], data.BOS_ID))
 
     def loss(self, params, model_state, batch, rng):
         logits = self.model.apply(
