@@ -10,7 +10,12 @@ import pytest
 from PIL import Image
 
 from mlx_research.data.r2gen import DEFAULTS, R2GenAnnotations, clean_report
-from mlx_research.data.report_transforms import ReportImageTransform, shorter_side_size
+from mlx_research.data.report_transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ReportImageTransform,
+    shorter_side_size,
+)
 from mlx_research.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
 from mlx_research.train.errors import ConfigError
 
@@ -259,6 +264,18 @@ def test_train_transform_crops_and_flips_each_view_independently():
         expected = _normalized(patch[:, ::-1] if flip else patch, mean, std)
         np.testing.assert_allclose(out[v], expected, atol=1e-6)
     assert len(set(offsets)) == 3 and len(set(flips)) == 2  # the views were drawn independently
+
+
+def test_train_transform_without_hflip_only_crops():
+    views = np.stack([_image(v, 23, 20) for v in range(1, 7)])
+    transform = ReportImageTransform(resize=16, crop=12, train=True, hflip=False)
+    out = transform(views, np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    for v, view in enumerate(views):  # no flip drawn: the next view's offsets follow directly
+        resized = np.asarray(Image.fromarray(view).resize((16, 18), Image.BILINEAR))
+        top, left = rng.integers(0, 18 - 12 + 1), rng.integers(0, 16 - 12 + 1)
+        expected = _normalized(resized[top:top + 12, left:left + 12], IMAGENET_MEAN, IMAGENET_STD)
+        np.testing.assert_allclose(out[v], expected, atol=1e-6)
 
 
 def test_eval_transform_grayscale_and_lists():

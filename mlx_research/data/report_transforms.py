@@ -39,6 +39,8 @@ class ReportImageTransform:
       crop: output side (R2Gen: 224); training crops it from the resized image, evaluation
         resizes to it directly. At most ``resize``.
       train: random crop and flip (True) or plain resize (False).
+      hflip: training flips left-right with probability 0.5 (R2Gen); False for data whose reports
+        name sides (the synthetic studies), where a flip would contradict the report.
       mean, std: per-channel normalisation of the [0, 1] values, one number per input channel
         (ImageNet's three for RGB; the caller's one for grayscale).
     """
@@ -49,6 +51,7 @@ class ReportImageTransform:
         resize: int = 256,
         crop: int = 224,
         train: bool,
+        hflip: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
@@ -60,7 +63,7 @@ class ReportImageTransform:
         if self.mean.shape != self.std.shape or np.any(self.std <= 0):
             raise ConfigError(f"image normalisation mean={mean!r}, std={std!r} must have the same "
                               "length and positive std.")
-        self.resize, self.crop, self.train = resize, crop, train
+        self.resize, self.crop, self.train, self.hflip = resize, crop, train, hflip
 
     def __call__(
         self, views: np.ndarray | Sequence[np.ndarray], rng: np.random.Generator | None = None
@@ -73,7 +76,7 @@ class ReportImageTransform:
             ``len(mean)``.
           rng: required for training; per view, in this order, the crop's top offset
             ``rng.integers(0, H' - crop + 1)``, its left offset ``rng.integers(0, W' - crop + 1)``
-            (H', W' the resized size) and the flip ``rng.random() < 0.5``.
+            (H', W' the resized size) and, with ``hflip``, the flip ``rng.random() < 0.5``.
 
         Returns:
           float32 [V, crop, crop, C].
@@ -98,7 +101,7 @@ class ReportImageTransform:
             top = int(rng.integers(0, new_height - self.crop + 1))
             left = int(rng.integers(0, new_width - self.crop + 1))
             image = image.crop((left, top, left + self.crop, top + self.crop))
-            if rng.random() < 0.5:
+            if self.hflip and rng.random() < 0.5:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         else:
             image = image.resize((self.crop, self.crop), Image.Resampling.BILINEAR)
