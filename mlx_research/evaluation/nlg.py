@@ -95,13 +95,15 @@ def meteor_score(
 
 
 def caption_scores(
-    references: Sequence[str], hypotheses: Sequence[str], *, meteor_timeout: float = 300.0
+    references: Sequence[str], hypotheses: Sequence[str], *, meteor: bool = True,
+    meteor_timeout: float = 300.0,
 ) -> dict[str, float]:
     """Corpus scores of generated reports against their references (one each).
 
     Args:
       references: [N] ground-truth reports (e.g. cleaned), none blank.
       hypotheses: [N] generated reports; may be empty strings.
+      meteor: False skips METEOR (its Java start-up takes seconds; quick runs and tests).
       meteor_timeout: seconds METEOR may take before it is skipped.
 
     Returns:
@@ -123,9 +125,10 @@ def caption_scores(
     cider, _ = Cider().compute_score(gts, res)
     scores = {f"bleu_{n + 1}": float(b) for n, b in enumerate(bleu)}
     scores.update(rouge_l=float(rouge), cider=float(cider))
-    meteor, reason = meteor_score(references, hypotheses, meteor_timeout)
-    if meteor is None:
-        print(f"meteor: skipped ({reason})", flush=True)
-    else:
-        scores["meteor"] = meteor
+    if meteor:
+        value, reason = meteor_score(references, hypotheses, meteor_timeout)
+        if value is None:
+            print(f"meteor: skipped ({reason})", flush=True)
+        else:
+            scores["meteor"] = value
     return {name: scores[name] for name in SCORES if name in scores}

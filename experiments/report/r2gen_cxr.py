@@ -1,0 +1,38 @@
+"""R2Gen from scratch on the built-in synthetic chest X-ray studies (two views per study).
+
+Run:     ./launch.sh experiments/report/r2gen_cxr.py
+Smoke:   ./launch.sh experiments/report/r2gen_cxr.py:runlocal  (a few steps)
+Result:  see the README's report results table (./launch.sh bench r2gen_cxr,
+         benchmarks/results/r2gen_cxr.json).
+"""
+
+from mlx_research.train.config import default_config
+
+
+def get_config(arg: str | None = None):
+    """arg: comma-separated presets: "base" (no relational memory) | "runlocal"."""
+    config = default_config("report")
+    config.total_steps = 3000
+    config.batch_size = 16
+    config.log_every = 50
+    config.eval_every = 1000
+    config.write_images = True
+    config.checkpoint.every_steps = 500
+    config.optim.update(name="adamw", lr=5e-4, weight_decay=1e-4, warmup_steps=200,
+                        schedule="cosine", grad_clip_norm=1.0)
+    config.model.update(backbone="small_cnn", small_cnn_features=(32, 64, 128), d_model=128,
+                        d_ff=256, num_heads=4, num_layers=2, dropout=0.1, rm_num_slots=3,
+                        rm_num_heads=4, rm_d_model=128)
+    config.data.update(dataset="synthetic", image_size=96, resize=96, crop=88, hflip=False)
+    config.eval.update(num_examples=500, batch_size=50, beam_size=3)
+
+    for item in filter(None, (arg or "").split(",")):
+        if item == "base":
+            config.model.use_memory = False
+        elif item == "runlocal":
+            config.total_steps, config.log_every, config.eval_every = 4, 2, 4
+            config.checkpoint.every_steps = 4
+            config.eval.update(num_examples=8, batch_size=8, beam_size=2)
+        else:
+            raise ValueError(f"r2gen_cxr.py: unknown preset {item!r} (known: base, runlocal)")
+    return config

@@ -1,0 +1,137 @@
+"""Report-generation studies behind one interface: the synthetic chest X-rays or an R2Gen folder.
+
+`SyntheticStudies` and `R2GenStudies` give, per split and study index, the cleaned report, the
+cleaned prior report ("" when the patient has none), the images and the reference CheXpert labels;
+`ReportExamples` turns them into the arrays the trainer batches (images + report tokens). Text
+stays on the host: evaluators look references up by example index.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Protocol
+
+import numpy as np
+
+from mlx_research.data import cxr, r2gen
+from mlx_research.data.pipeline import checked_index
+from mlx_research.data.tokenizer import Vocabulary
+from mlx_research.evaluation import clinical
+
+
+class Studies(Protocol):
+    """Host-side access to one split's studies."""
+
+    def __len__(self) -> int: ...
+
+    def study_id(self, index: int) -> str: ...
+
+    def cleaned(self, index: int) -> str:
+        """The R2Gen-cleaned report."""
+
+    def prior(self, index: int) -> str:
+        """The cleaned report of the patient's previous study, "" when there is none."""
+
+    def images(self, index: int) -> list[np.ndarray]:
+        """The study's views, uint8 [H, W, C] each (sizes may differ)."""
+
+    def reference_labels(self, index: int) -> dict[str, int]:
+        """CheXpert labels of the reference report ({observation: 1 | 0 | -1})."""
+
+
+class SyntheticStudies:
+    """A split of `cxr.SyntheticCXR`: grayscale views [S, S, 1], reports cleaned as IU X-Ray."""
+
+    def __init__(self, num_studies: int, *, split: str, seed: int, image_size: int, views: int,
+                 normal_fraction: float, prior_fraction: float):
+        self.data = cxr.SyntheticCXR(
+            num_studies, image_size=image_size, views=views, seed=seed, split=split,
+            normal_fraction=normal_fraction, prior_fraction=prior_fraction)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def study_id(self, index: int) -> str:
+        return self.data.study(index)["id"]
+
+    def cleaned(self, index: int) -> str:
+        return r2gen.clean_report(self.data.study(index)["report"], "iu_xray")
+
+    def prior(self, index: int) -> str:
+        prior = self.data.study(index)["prior_report"]
+        return r2gen.clean_report(prior, "iu_xray") if prior else ""
+
+    def images(self, index: int) -> list[np.ndarray]:
+        return [view[..., None] for view in self.data.images(index)]
+
+    def reference_labels(self, index: int) -> dict[str, int]:
+        return dict(self.data.study(index)["chexpert"])
+
+
+class R2GenStudies:
+    """A split of an R2Gen folder; reference labels from the rule-based labeler or, for
+    MIMIC-CXR, from the CheXpert label CSV (`chexpert_csv`, keyed by study_id)."""
+
+    def __init__(self, root: str, *, split: str, dataset: str, image_dir: str,
+                 annotation_file: str, chexpert_csv: str = ""):
+        self.dataset = dataset
+        self.annotations = r2gen.R2GenAnnotations(
+            root, split, dataset, image_dir=image_dir, annotation_file=annotation_file)
+        self.csv_labels = clinical.read_chexpert_csv(chexpert_csv) if chexpert_csv else None
+        self._priors = _previous_studies(self.annotations) if dataset == "mimic_cxr" else {}
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def study_id(self, index: int) -> str:
+        return str(self.annotations.entry(index)["id"])
+
+    def cleaned(self, index: int) -> str:
+        return self.annotations.entry(index)["cleaned"]
+
+    def prior(self, index: int) -> str:
+        previous = self._priors.get(index)
+        return "" if previous is None else self.cleaned(previous)
+
+    def images(self, index: int) -> list[np.ndarray]:
+        return self.annotations.load_images(index)
+
+    @functools.lru_cache(maxsize=None)
+    def reference_labels(self, index: int) -> dict[str, int]:
+        if self.csv_labels is not None:
+            study = str(self.annotations.entry(index).get("study_id", ""))
+            if study in self.csv_labels:
+                return dict(self.csv_labels[study])
+        return clinical.label_report(self.cleaned(index))
+
+
+def _previous_studies(annotations: r2gen.R2GenAnnotations) -> dict[int, int]:
+    """MIMIC-CXR: index -> index of the same subject's previous study in the split (by study_id
+    order), for studies that have one."""
+    by_subject: dict[str, list[tuple[str, int]]] = {}
+    for i in range(len(annotations)):
+        entry = annotations.entry(i)
+        by_subject.setdefault(str(entry.get("subject_id", "")), []).append((str(entry["study_id"]), i))
+    previous = {}
+    for subject, studies in by_subject.items():
+        if not subject:
+            continue
+        ordered = [i for _, i in sorted(studies)]
+        previous.update(zip(ordered[1:], ordered[:-1]))
+    return previous
+
+
+class ReportExamples:
+    """Grain source over `studies`: {"images": list of uint8 [H, W, C] views, "tokens": int32
+    [max_len] (report ids, EOS, PAD)}; the image transform stacks the views."""
+
+    def __init__(self, studies: Studies, vocab: Vocabulary, max_len: int):
+        self.studies, self.vocab, self.max_len = studies, vocab, max_len
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+    def __getitem__(self, index: int) -> dict:
+        index = checked_index(index, len(self))
+        return {"images": self.studies.images(index),
+                "tokens": self.vocab.encode(self.studies.cleaned(index), self.max_len)}

@@ -1,0 +1,139 @@
+"""The report task end to end: synthetic and R2Gen-folder data, the evaluator, parallel layouts."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mlx_research.data import cxr
+from mlx_research.data.pipeline import make_eval_iterator
+from mlx_research.data.tokenizer import Vocabulary
+from mlx_research.testing import run_with_devices
+from mlx_research.train.errors import ConfigError
+from mlx_research.train.metrics import read_metrics
+from mlx_research.train.trainer import Trainer
+
+
+def tiny_config(**overrides):
+    from experiments.report.r2gen_cxr import get_config
+
+    config = get_config("runlocal")
+    config.model.update(small_cnn_features=(8, 16, 16), d_model=32, d_ff=32, num_heads=2,
+                        num_layers=1, rm_num_heads=2, rm_d_model=32)
+    config.data.update(image_size=32, resize=32, crop=28, vocab_studies=200)
+    config.update(batch_size=4, total_steps=2, log_every=1, eval_every=2)
+    config.checkpoint.every_steps = 2
+    config.eval.update(num_examples=6, batch_size=4, beam_size=2, num_pictures=2, meteor=False)
+    for key, value in overrides.items():
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+def _eval_rows(workdir, step):
+    path = workdir / "eval" / "report" / f"reports_{step:08d}.json"
+    return json.loads(path.read_text())
+
+
+def test_synthetic_run_trains_scores_and_writes_reports(tmp_path):
+    trainer = Trainer(tiny_config(), str(tmp_path))
+    trainer.train()
+    trainer.close()
+    scores = [r for r in read_metrics(tmp_path) if "eval/report/bleu_4" in r][-1]
+    for key in ("bleu_1", "bleu_4", "rouge_l", "cider", "clinical_f1_micro",
+                "clinical_f1_macro", "clinical_precision_macro", "clinical_recall_micro",
+                "clinical_f1_macro_abnormal"):
+        assert np.isfinite(scores[f"eval/report/{key}"]), key
+    rows = _eval_rows(tmp_path, 2)
+    studies = cxr.SyntheticCXR(6, image_size=32, views=2, seed=0, split="test")
+    assert [r["id"] for r in rows] == [studies.study(i)["id"] for i in range(6)]
+    assert all(set(r) == {"id", "reference", "generated", "reference_labels",
+                          "generated_labels"} for r in rows)
+    assert list((tmp_path / "images").glob("report_reports_*.png"))
+    vocab = Vocabulary.load(tmp_path / "vocab.json")
+    assert vocab.words == trainer.task.vocab.words and len(vocab) > 20
+
+
+def test_workdir_with_another_vocabulary_is_refused(tmp_path):
+    Trainer(tiny_config(), str(tmp_path)).close()
+    Vocabulary(["heart", "lungs"]).save(tmp_path / "vocab.json")
+    with pytest.raises(ConfigError, match="vocab.json: the vocabulary of this workdir differs"):
+        Trainer(tiny_config(), str(tmp_path))
+
+
+def test_evaluator_scores_the_references_as_perfect(tmp_path):
+    """Generating the reference tokens gives BLEU 1 and clinical F1 1 (labels of the synthetic
+    generator, read back by the labeler from the decoded tokens)."""
+    trainer = Trainer(tiny_config(**{"eval.num_examples": 40}), str(tmp_path))
+    evaluator = trainer.evaluators["report"]
+    trainer.close()
+    evaluator.reset()
+    for batch in make_eval_iterator(evaluator.source, global_batch_size=8,
+                                    transform=evaluator.transform):
+        keep = batch["valid"]
+        evaluator.update({"tokens": batch["tokens"][keep]}, batch["index"][keep])
+    scores = evaluator.result()
+    for key in ("bleu_1", "bleu_4", "rouge_l", "clinical_f1_micro", "clinical_f1_macro"):
+        assert scores[key] == pytest.approx(1.0, abs=1e-6), (key, scores[key])
+    # Every study's normal report instead: findings missed, so abnormal recall is 0.
+    normal = evaluator.vocab.encode(evaluator.reference(_first_normal(evaluator)), 60)
+    evaluator.reset()
+    evaluator.update({"tokens": np.stack([normal] * 40)}, np.arange(40))
+    assert evaluator.result()["clinical_f1_macro_abnormal"] == 0.0
+
+
+def _first_normal(evaluator):
+    return next(i for i in range(len(evaluator.studies))
+                if evaluator.studies.reference_labels(i).get("No Finding") == 1)
+
+
+def test_iu_xray_folder_trains_and_evaluates(tmp_path):
+    root = tmp_path / "iu"
+    cxr.write_r2gen(root, 6, 2, 3, image_size=40, views=2, seed=1)
+    config = tiny_config(total_steps=3, eval_every=3, **{"checkpoint.every_steps": 3})
+    config.data.update(dataset="iu_xray", root=str(root), threshold=1, max_len=40, hflip=True)
+    trainer = Trainer(config, str(tmp_path / "run"))
+    trainer.train()
+    trainer.close()
+    rows = _eval_rows(tmp_path / "run", 3)
+    test_ids = [e["id"] for e in json.loads((root / "annotation.json").read_text())["test"]]
+    assert [r["id"] for r in rows] == test_ids
+    assert trainer.task.max_len == 40 and trainer.task.threshold == 1
+
+
+def test_missing_folder_is_a_one_line_config_error(tmp_path):
+    config = tiny_config()
+    config.data.update(dataset="iu_xray", root=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="'data.annotation_file'"):
+        Trainer(config, str(tmp_path / "run"))
+
+
+def test_data_and_tensor_parallel_loss_equals_single_device():
+    out = run_with_devices("""
+        import tempfile, jax, numpy as np
+        from tests.test_report_task import tiny_config
+        from mlx_research.data.pipeline import make_train_iterator
+        from mlx_research.train.trainer import Trainer
+        losses = {}
+        for name, devices, mesh in (("one", jax.devices()[:1], {"data": 1}),
+                                    ("data8", jax.devices(), {"data": 8}),
+                                    ("data4_model2", jax.devices(), {"data": 4, "model": 2})):
+            config = tiny_config(batch_size=8, **{"eval.batch_size": 8, "model.dropout": 0.0})
+            config.mesh.update(mesh)
+            t = Trainer(config, tempfile.mkdtemp(), devices=devices)
+            it = make_train_iterator(t.train_source, global_batch_size=8, seed=0,
+                                     transform=t.task.train_transform)
+            batch = jax.device_put(next(it), t.batch_sharding)
+            with t.mesh_context():
+                _, metrics = t.train_step(t.fresh_state(0), batch)
+            losses[name] = {k: float(v) for k, v in metrics.items()}
+            t.close()
+        for name in ("data8", "data4_model2"):
+            for key in ("loss", "grad_norm"):
+                np.testing.assert_allclose(losses[name][key], losses["one"][key], rtol=1e-5)
+        print("ok", losses["one"]["loss"])
+    """)
+    assert out.startswith("ok")
