@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from mlx_research.data import cxr, r2gen
+from mlx_research.data.knowledge import default_knowledge, token_tags
 from mlx_research.data.pipeline import checked_index
 from mlx_research.data.tokenizer import Vocabulary
 from mlx_research.evaluation import clinical
@@ -123,15 +124,37 @@ def _previous_studies(annotations: r2gen.R2GenAnnotations) -> dict[int, int]:
 
 class ReportExamples:
     """Grain source over `studies`: {"images": list of uint8 [H, W, C] views, "tokens": int32
-    [max_len] (report ids, EOS, PAD)}; the image transform stacks the views."""
+    [max_len] (report ids, EOS, PAD)}; the image transform stacks the views.
 
-    def __init__(self, studies: Studies, vocab: Vocabulary, max_len: int):
+    With `extras` (NADM / MKMIA) also, per study: "token_tags" int32 [max_len] (`knowledge.TAGS`
+    index of each report token; EOS and padding 0), "prior_tokens" int32 [max_len] (the prior
+    report, all PAD when there is none) and "labels" float32 [len(observations)] (1 where the
+    reference's CheXpert label is positive).
+    """
+
+    def __init__(self, studies: Studies, vocab: Vocabulary, max_len: int, *, extras: bool = False,
+                 knowledge: dict | None = None,
+                 observations: tuple[str, ...] = clinical.CHEXPERT_LABELS):
         self.studies, self.vocab, self.max_len = studies, vocab, max_len
+        self.extras, self.observations = extras, observations
+        self.knowledge = knowledge if knowledge is not None else default_knowledge()
 
     def __len__(self) -> int:
         return len(self.studies)
 
     def __getitem__(self, index: int) -> dict:
         index = checked_index(index, len(self))
-        return {"images": self.studies.images(index),
-                "tokens": self.vocab.encode(self.studies.cleaned(index), self.max_len)}
+        cleaned = self.studies.cleaned(index)
+        example = {"images": self.studies.images(index),
+                   "tokens": self.vocab.encode(cleaned, self.max_len)}
+        if self.extras:
+            words = cleaned.split()[: self.max_len - 1]  # encode keeps these, then EOS
+            tags = np.zeros(self.max_len, np.int32)
+            tags[: len(words)] = token_tags(words, self.knowledge)
+            labels = self.studies.reference_labels(index)
+            example.update(
+                token_tags=tags,
+                prior_tokens=self.vocab.encode(self.studies.prior(index), self.max_len)
+                if self.studies.prior(index) else np.zeros(self.max_len, np.int32),
+                labels=np.array([labels.get(name) == 1 for name in self.observations], np.float32))
+        return example

@@ -21,8 +21,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mlx_research.data.reports import ReportExamples, Studies
-from mlx_research.data.tokenizer import Vocabulary
+from mlx_research.data.reports import ReportExamples
 from mlx_research.evaluation import clinical, nlg
 from mlx_research.train.evaluators import Batch, Evaluator, Predictions
 
@@ -34,25 +33,22 @@ class ReportEvaluator(Evaluator):
     """NLG and clinical scores of generated reports on `studies`.
 
     Args:
-      studies: the split's studies (references, labels).
-      vocab: decodes generated token ids.
-      max_len: token length of the examples and of the scored references.
-      transform: eval image transform ({"images": views, ...} -> {"image": float32 [V, S, S, C]}).
+      source: the split's examples; its studies give references and labels, its vocabulary
+        decodes generated ids, its `max_len` truncates the scored references.
+      transform: eval transform ({"images": views, ...} -> {"image": float32 [V, S, S, C], ...}).
       generate_fn: jittable (variables, batch) -> int32 [B, L] generated token ids.
       observations: CheXpert observations scored; `abnormal_observations` get their own macro-F1.
       num_pictures: examples drawn by `images`.
       meteor: score METEOR (needs Java; see `nlg.caption_scores`).
     """
 
-    def __init__(self, studies: Studies, vocab: Vocabulary, max_len: int,
-                 transform: Callable[[dict], dict],
+    def __init__(self, source: ReportExamples, transform: Callable[[dict], dict],
                  generate_fn: Callable[[Any, Batch], jax.Array], *,
                  observations: Sequence[str] = clinical.CHEXPERT_LABELS,
                  abnormal_observations: Sequence[str] = (),
                  num_pictures: int = 4, meteor: bool = True):
-        self.studies, self.vocab = studies, vocab
-        self.source = ReportExamples(studies, vocab, max_len)
-        self.max_len = max_len
+        self.source = source
+        self.studies, self.vocab, self.max_len = source.studies, source.vocab, source.max_len
         self._transform, self._generate = transform, generate_fn
         self.observations, self.abnormal = tuple(observations), tuple(abnormal_observations)
         self.num_pictures, self.meteor = num_pictures, meteor

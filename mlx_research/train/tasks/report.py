@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mlx_research.data import cxr, r2gen
+from mlx_research.data.knowledge import default_knowledge, load_knowledge
 from mlx_research.data.report_transforms import ReportImageTransform
 from mlx_research.data.reports import R2GenStudies, ReportExamples, SyntheticStudies
 from mlx_research.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Vocabulary
@@ -64,7 +65,13 @@ _SYNTHETIC_MEAN, _SYNTHETIC_STD = (0.5,), (0.25,)  # grayscale renderings in [0,
 
 
 class Task(base.Task):
-    """R2Gen: image patches -> Transformer encoder -> memory-driven decoder -> report."""
+    """R2Gen: image patches -> Transformer encoder -> memory-driven decoder -> report.
+
+    Subclasses (NADM, MKMIA) replace `_build_model`, `loss` and `generate`, and set
+    `uses_extras` to get token tags, prior reports and labels in every example.
+    """
+
+    uses_extras = False
 
     @staticmethod
     def default_config() -> ml_collections.ConfigDict:
@@ -96,6 +103,8 @@ class Task(base.Task):
             vocab_studies=5000,  # synthetic: train studies the vocabulary is counted on
             normal_fraction=0.5,  # synthetic: studies without findings
             prior_fraction=0.3,  # synthetic: studies with a prior study of the patient
+            knowledge_file="",  # knowledge dictionary JSON ("": <root>/knowledge.json if present,
+            # else the built-in one; synthetic: the generator's)
         ))
         c.eval = ml_collections.ConfigDict(dict(
             split="test",  # "val" | "test"
@@ -126,9 +135,9 @@ class Task(base.Task):
             return
         if not d.root:
             raise ConfigError(f"config: 'data.root' must name an R2Gen folder ({d.dataset})")
-        for key in ("annotation_file", "image_dir", "chexpert_csv"):
-            path = os.path.join(d.root, d[key]) if key != "chexpert_csv" else d[key]
-            if (key != "chexpert_csv" or path) and not os.path.exists(path):
+        for key in ("annotation_file", "image_dir", "chexpert_csv", "knowledge_file"):
+            path = os.path.join(d.root, d[key]) if key in ("annotation_file", "image_dir") else d[key]
+            if path and not os.path.exists(path):
                 raise ConfigError(f"config: 'data.{key}': {path} does not exist")
 
     def __init__(self, config: ml_collections.ConfigDict, dtype: Any):
@@ -168,6 +177,20 @@ class Task(base.Task):
         return R2GenStudies(d.root, split=split, dataset=d.dataset, image_dir=d.image_dir,
                             annotation_file=d.annotation_file, chexpert_csv=d.chexpert_csv)
 
+    def _examples(self, split: str) -> ReportExamples:
+        return ReportExamples(self._studies(split), self.vocab, self.max_len,
+                              extras=self.uses_extras, knowledge=self.knowledge(),
+                              observations=self.observations())
+
+    @functools.cache
+    def knowledge(self) -> dict:
+        """The knowledge dictionary (organ -> aliases, normal descriptions, abnormal terms)."""
+        d = self.config.data
+        if d.dataset == "synthetic":
+            return cxr.knowledge_dictionary()
+        path = d.knowledge_file or os.path.join(d.root, "knowledge.json")
+        return load_knowledge(path) if os.path.exists(path) else default_knowledge()
+
     def _image_transform(self, train: bool) -> ReportImageTransform:
         d = self.config.data
         stats = dict(mean=_SYNTHETIC_MEAN, std=_SYNTHETIC_STD) if d.dataset == "synthetic" else {}
@@ -186,15 +209,15 @@ class Task(base.Task):
         self.vocab.save(path)
 
     def train_source(self):
-        return ReportExamples(self._studies("train"), self.vocab, self.max_len)
+        return self._examples("train")
 
     def train_transform(self, example, rng):
-        return {"image": self._image_transform(train=True)(example["images"], rng),
-                "tokens": example["tokens"]}
+        image = self._image_transform(train=True)(example["images"], rng)
+        return {**{k: v for k, v in example.items() if k != "images"}, "image": image}
 
     def eval_transform(self, example):
-        return {"image": self._image_transform(train=False)(example["images"], None),
-                "tokens": example["tokens"]}
+        image = self._image_transform(train=False)(example["images"], None)
+        return {**{k: v for k, v in example.items() if k != "images"}, "image": image}
 
     def model_inputs(self, batch):
         return {"images": batch["image"], "decoder_inputs": shift_right(batch["tokens"], BOS_ID)}
@@ -224,7 +247,7 @@ class Task(base.Task):
         observations = self.observations()
         abnormal = tuple(name for name in observations if name != "No Finding")
         return {"report": ReportEvaluator(
-            self._studies(e.split), self.vocab, self.max_len, self.eval_transform, self.generate,
+            self._examples(e.split), self.eval_transform, self.generate,
             observations=observations, abnormal_observations=abnormal,
             num_pictures=e.num_pictures, meteor=e.meteor)}
 
