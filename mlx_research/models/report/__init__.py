@@ -1,0 +1,1 @@
+"""Radiology report generation models."""
