@@ -90,18 +90,23 @@ def _first_normal(evaluator):
                 if evaluator.studies.reference_labels(i).get("No Finding") == 1)
 
 
-def test_iu_xray_folder_trains_and_evaluates(tmp_path):
-    root = tmp_path / "iu"
-    cxr.write_r2gen(root, 6, 2, 3, image_size=40, views=2, seed=1)
-    config = tiny_config(total_steps=3, eval_every=3, **{"checkpoint.every_steps": 3})
-    config.data.update(dataset="iu_xray", root=str(root), threshold=1, max_len=40, hflip=True)
+@pytest.mark.parametrize("experiment,views", [("r2gen_iu_xray", 2), ("r2gen_mimic_cxr", 1)])
+def test_r2gen_folder_trains_and_evaluates(tmp_path, experiment, views):
+    """The real-data configs (runlocal) on a folder in R2Gen's layout written by the generator."""
+    import importlib
+
+    root = tmp_path / "data"
+    cxr.write_r2gen(root, 6, 2, 3, image_size=40, views=views, seed=1)
+    config = importlib.import_module(f"experiments.report.{experiment}").get_config("runlocal")
+    config.data.update(root=str(root), resize=40, crop=32)
+    config.eval.meteor = False
     trainer = Trainer(config, str(tmp_path / "run"))
     trainer.train()
     trainer.close()
-    rows = _eval_rows(tmp_path / "run", 3)
+    rows = _eval_rows(tmp_path / "run", config.total_steps)
     test_ids = [e["id"] for e in json.loads((root / "annotation.json").read_text())["test"]]
     assert [r["id"] for r in rows] == test_ids
-    assert trainer.task.max_len == 40 and trainer.task.threshold == 1
+    assert trainer.task.max_len == (60 if views == 2 else 100)
 
 
 def test_missing_folder_is_a_one_line_config_error(tmp_path):

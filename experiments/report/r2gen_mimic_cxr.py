@@ -3,7 +3,7 @@ R2Gen's published settings except the visual extractor (ResNet-50 here; load tor
 
 Run:  ./launch.sh experiments/report/r2gen_mimic_cxr.py --config.data.root=/data/mimic_cxr
       [--config.data.chexpert_csv=/data/mimic-cxr-2.0.0-chexpert.csv  (reference labels)]
-      [--config.init_from.path=resnet50.npz --config.init_from.prefix=visual_extractor/backbone]
+      [--config.init_from.path=resnet50.npz --config.init_from.prefix=backbone]
       (convert weights with: python -m mlx_research.tools.convert_torchvision resnet50 IN.pth OUT.npz)
 Smoke: add :runlocal
 Result: not measured here (the dataset is not distributed with the code).
@@ -26,7 +26,7 @@ def get_config(arg: str | None = None):
     # step decay per epoch, gradients clipped by VALUE at 0.1 (here: by global norm).
     config.optim.update(name="adamw", lr=1e-4, weight_decay=5e-5, warmup_steps=0,
                         schedule="cosine", grad_clip_norm=0.1,
-                        lr_multipliers=(("visual_extractor", 0.5),))
+                        lr_multipliers=(("^backbone/", 0.5),))
     config.model.update(backbone="resnet50", norm="frozen_batch", d_model=512, d_ff=512,
                         num_heads=8, num_layers=3, dropout=0.1, rm_num_slots=3, rm_num_heads=8,
                         rm_d_model=512)
