@@ -2,8 +2,8 @@
 
 Run:     ./launch.sh experiments/report/r2gen_cxr.py
 Smoke:   ./launch.sh experiments/report/r2gen_cxr.py:runlocal  (a few steps)
-Result:  see the README's report results table (./launch.sh bench r2gen_cxr,
-         benchmarks/results/r2gen_cxr.json).
+Result:  see the README's report results table (./launch.sh bench report_cxr r2gen,
+         benchmarks/results/report_r2gen.json).
 """
 
 from mlx_research.train.config import default_config

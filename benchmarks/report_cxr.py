@@ -1,0 +1,59 @@
+"""Convergence of a report-generation experiment on the synthetic chest X-rays: every report score
+on the synthetic test split and the wall time, trained from scratch.
+
+Run:  ./launch.sh bench report_cxr MODEL [PRESET]   MODEL: r2gen | nadm | mkmia (the config
+      experiments/report/MODEL_cxr.py), PRESET e.g. an ablation; writes
+      benchmarks/results/report_MODEL[_PRESET].json
+"""
+
+import importlib
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+
+from mlx_research.train.metrics import read_metrics
+from mlx_research.train.trainer import Trainer
+
+_CURVE = ("bleu_4", "cider", "clinical_f1_macro", "clinical_f1_macro_abnormal")
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        sys.exit("usage: ./launch.sh bench report_cxr MODEL [PRESET]")
+    model, preset = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "")
+    config = importlib.import_module(f"experiments.report.{model}_cxr").get_config(preset)
+    with tempfile.TemporaryDirectory() as workdir:
+        start = time.perf_counter()
+        trainer = Trainer(config, workdir)
+        trainer.train()
+        trainer.close()
+        wall = time.perf_counter() - start
+        evals = [r for r in read_metrics(workdir) if "eval/report/bleu_4" in r]
+    suffix = f":{preset}" if preset else ""
+    result = {
+        "experiment": f"experiments/report/{model}_cxr.py{suffix}",
+        "command": f"./launch.sh bench report_cxr {model}" + (f" {preset}" if preset else ""),
+        "steps": config.total_steps,
+        "batch_size": config.batch_size,
+        "test_studies": config.eval.num_examples,
+        "beam_size": config.eval.beam_size,
+        **{k.split("/")[-1]: round(v, 4) for k, v in evals[-1].items()
+           if k.startswith("eval/report/")},
+        "curve": [{"step": r["step"], **{k: round(r[f"eval/report/{k}"], 4) for k in _CURVE}}
+                  for r in evals],
+        "wall_seconds": round(wall, 1),
+        "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} device(s)",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    name = f"report_{model}" + (f"_{preset}" if preset else "")
+    (Path(__file__).parent / "results" / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
