@@ -22,7 +22,8 @@ def get_config(arg: str | None = None):
                         schedule="cosine", grad_clip_norm=1.0)
     config.model.update(backbone="small_cnn", small_cnn_features=(32, 64, 128), d_model=128,
                         d_ff=256, num_heads=4, num_layers=2, dropout=0.1, rm_num_slots=3,
-                        rm_num_heads=4, rm_d_model=128)
+                        rm_num_heads=4, rm_d_model=128,
+                        feature_dropout=0.1)  # R2Gen's 0.5 suits pretrained features, not scratch
     config.data.update(dataset="synthetic", image_size=96, resize=96, crop=88, hflip=False)
     config.eval.update(num_examples=500, batch_size=50, beam_size=3)
 
