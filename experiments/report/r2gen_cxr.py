@@ -12,7 +12,7 @@ from mlx_research.train.config import default_config
 def get_config(arg: str | None = None):
     """arg: comma-separated presets: "base" (no relational memory) | "runlocal"."""
     config = default_config("report")
-    config.total_steps = 3000
+    config.total_steps = 2000
     config.batch_size = 16
     config.log_every = 50
     config.eval_every = 1000
