@@ -1,0 +1,42 @@
+"""YOLO v1 from scratch on the built-in synthetic shapes (circles, squares, triangles).
+
+Run:     ./launch.sh experiments/detection/yolo_shapes.py
+Quick:   ./launch.sh experiments/detection/yolo_shapes.py:quick     (a few minutes on 2 CPU cores)
+Smoke:   ./launch.sh experiments/detection/yolo_shapes.py:runlocal  (a few steps)
+Result:  see the README's results table (./launch.sh bench yolo_shapes,
+         benchmarks/results/yolo_shapes.json).
+"""
+
+from mlx_research.train.config import default_config
+
+
+def get_config(arg: str | None = None):
+    """arg: comma-separated presets: "quick" | "runlocal"."""
+    config = default_config("yolo")
+    config.total_steps = 2000
+    config.batch_size = 16
+    config.log_every = 50
+    config.eval_every = 500
+    config.write_images = True
+    config.checkpoint.every_steps = 500
+    config.optim.update(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=100,
+                        schedule="cosine", grad_clip_norm=10.0)
+    config.model.update(
+        backbone="small_cnn", small_cnn_features=(32, 64, 128, 256), feature_level="C4",
+        grid_size=8, boxes_per_cell=2, head="conv", head_convs=2, head_channels=256,
+        output_activation="sigmoid", conf_target="iou",
+    )
+    config.data.update(image_size=128, max_boxes=8, shapes_max_objects=6)
+    config.eval.update(num_examples=256, batch_size=32)
+
+    for item in filter(None, (arg or "").split(",")):
+        if item == "quick":
+            config.total_steps, config.eval_every = 500, 500
+            config.checkpoint.every_steps = 500
+        elif item == "runlocal":
+            config.total_steps, config.log_every, config.eval_every = 6, 2, 6
+            config.checkpoint.every_steps = 6
+            config.eval.update(num_examples=16, batch_size=8)
+        else:
+            raise ValueError(f"yolo_shapes.py: unknown preset {item!r} (known: quick, runlocal)")
+    return config

@@ -1,0 +1,221 @@
+"""YOLO v1 on the synthetic shapes (default) or a COCO-format folder, scored by COCO mAP.
+
+Loss: the paper's sum-squared error (`models/detection/yolo.py`: coordinates x lambda_coord,
+confidence of responsible predictors, confidence of the others x lambda_noobj, class
+probabilities of cells with an object), summed over the images and divided by their number.
+Metrics: each term's mean per image. Evaluator "coco": pycocotools AP, AP50, ... on the
+validation split, and a picture of predicted boxes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mlx_research.data import coco as coco_data
+from mlx_research.data import shapes
+from mlx_research.data.detection_transforms import DetectionTransform
+from mlx_research.evaluation.coco import CocoEvaluator
+from mlx_research.models.detection import yolo
+from mlx_research.train.config import check_choices, check_ranges
+from mlx_research.train.errors import ConfigError
+from mlx_research.train.tasks import base
+
+_RANGES = {
+    "model.grid_size": (1, None),
+    "model.boxes_per_cell": (1, None),
+    "model.head_convs": (0, None),
+    "model.head_channels": (1, None),
+    "model.fc_hidden": (1, None),
+    "model.dropout": (0, 1),
+    "model.lambda_coord": (0, None),
+    "model.lambda_noobj": (0, None),
+    "model.score_thresh": (0, 1),
+    "model.nms_thresh": (0, 1),
+    "model.pre_nms_top_k": (1, None),
+    "model.detections_per_img": (1, None),
+    "data.image_size": (16, None),
+    "data.max_boxes": (1, None),
+    "data.num_train": (1, None),
+    "data.shapes_max_objects": (0, None),
+    "data.hflip_prob": (0, 1),
+    "data.scale_min": (0.1, 10),
+    "data.scale_max": (0.1, 10),
+    "eval.num_examples": (1, None),
+}
+
+
+class Task(base.Task):
+    """YOLO v1 (the paper's S, B, lambdas and loss; every choice a config field)."""
+
+    @staticmethod
+    def default_config() -> ml_collections.ConfigDict:
+        c = ml_collections.ConfigDict()
+        c.model = ml_collections.ConfigDict(dict(
+            backbone="small_cnn",  # "small_cnn" | "resnet18" | "resnet34" | "resnet50"
+            small_cnn_features=(32, 64, 128, 256),  # SmallCNN stage widths (stride 2 each)
+            feature_level="C4",  # backbone map under the head; side = grid_size or a multiple
+            norm="batch",  # backbone norm: "batch" | "frozen_batch" (pretrained) | "group"
+            grid_size=7,  # S: S x S cells
+            boxes_per_cell=2,  # B: predictors per cell
+            head_convs=2, head_channels=256,  # 3x3 conv-norm-leaky layers on the backbone map
+            head_norm="batch",  # "batch" | "none" (the paper)
+            head="conv",  # "conv" (1x1 conv per cell) | "fc" (paper: Dense, dropout, Dense)
+            fc_hidden=4096, dropout=0.5,  # "fc" head only
+            # "sigmoid": sigmoid on x, y, sqrt w/h and conf, softmax on classes | "linear" (paper)
+            output_activation="sigmoid",
+            lambda_coord=5.0, lambda_noobj=0.5,  # loss weights (paper)
+            conf_target="iou",  # confidence target of the responsible box: "iou" (paper) | "one"
+            score_thresh=0.01,  # decoding: class-specific score conf * p(class) above this
+            nms_thresh=0.5,  # class-wise NMS IoU
+            pre_nms_top_k=1000,  # best candidates (box x class) entering NMS
+            detections_per_img=100,  # fixed number of detections (valid mask)
+        ))
+        c.data = ml_collections.ConfigDict(dict(
+            dataset="shapes",  # "shapes" (synthetic, built in) | "coco" (a COCO-format folder)
+            image_size=448,  # images are resized to fit S x S and padded (paper: 448)
+            max_boxes=8,  # ground-truth boxes per image after the transform (extra ones dropped)
+            num_train=10**9,  # shapes: training stream length (generated on the fly)
+            shapes_max_objects=6,  # shapes: objects per image, 0..this
+            root="",  # coco: dataset folder
+            train_annotations="annotations/instances_train.json",  # coco: relative to root
+            val_annotations="annotations/instances_val.json",
+            train_images="train",  # coco: image folders relative to root
+            val_images="val",
+            hflip_prob=0.5,  # training augmentation
+            scale_min=1.0, scale_max=1.0,  # training scale jitter range
+        ))
+        c.eval = ml_collections.ConfigDict(dict(num_examples=256))  # shapes: validation images
+        return c
+
+    @staticmethod
+    def validate_config(config: ml_collections.ConfigDict) -> None:
+        check_choices(config, {
+            "model.backbone": ("small_cnn", "resnet18", "resnet34", "resnet50"),
+            "model.head": ("conv", "fc"),
+            "model.head_norm": ("batch", "none"),
+            "model.output_activation": ("sigmoid", "linear"),
+            "model.conf_target": ("iou", "one"),
+            "data.dataset": ("shapes", "coco"),
+        })
+        check_ranges(config, _RANGES)
+        m, d = config.model, config.data
+        if m.backbone == "small_cnn":
+            levels = [f"C{i + 1}" for i in range(len(m.small_cnn_features))]
+        else:
+            levels = ["C2", "C3", "C4", "C5"]
+        if m.feature_level not in levels:
+            raise ConfigError(f"config: 'model.feature_level' must be one of {', '.join(levels)} "
+                              f"for {m.backbone}; got {m.feature_level!r}")
+        stride = 2 ** int(m.feature_level[1:])
+        side = -(-d.image_size // stride)
+        if side % m.grid_size:
+            raise ConfigError(f"config: 'model.grid_size' {m.grid_size} must divide the "
+                              f"{m.feature_level} map side {side} (data.image_size "
+                              f"{d.image_size} / stride {stride})")
+        if d.scale_min > d.scale_max:
+            raise ConfigError("config: 'data.scale_min' exceeds 'data.scale_max'")
+        if d.dataset == "coco":
+            if not d.root:
+                raise ConfigError("config: 'data.root' must name a COCO-format folder")
+            for key in ("train_annotations", "val_annotations", "train_images", "val_images"):
+                path = os.path.join(d.root, d[key])
+                if not os.path.exists(path):
+                    raise ConfigError(f"config: 'data.{key}': {path} does not exist")
+
+    def __init__(self, config: ml_collections.ConfigDict, dtype: Any):
+        super().__init__(config, dtype)
+        m, d = config.model, config.data
+        self.num_classes = self._num_classes()
+        self.input_hw = (d.image_size, d.image_size)
+        self.model = yolo.YOLOv1(
+            num_classes=self.num_classes, grid_size=m.grid_size, boxes_per_cell=m.boxes_per_cell,
+            backbone=m.backbone, small_cnn_features=tuple(m.small_cnn_features),
+            feature_level=m.feature_level, norm=m.norm, head_convs=m.head_convs,
+            head_channels=m.head_channels, head_norm=m.head_norm, head=m.head,
+            fc_hidden=m.fc_hidden, dropout=m.dropout, output_activation=m.output_activation,
+            dtype=dtype,
+        )
+
+    # ------------------------------------------------------------------ data
+    def _num_classes(self) -> int:
+        d = self.config.data
+        if d.dataset == "shapes":
+            return len(shapes.CLASS_NAMES)
+        return len(self._coco("val").label_to_category_id)
+
+    @functools.cache
+    def _coco(self, split: str) -> coco_data.CocoDetection:
+        d = self.config.data
+        return coco_data.CocoDetection(d.root, d[f"{split}_annotations"], d[f"{split}_images"])
+
+    def _transform(self, train: bool) -> DetectionTransform:
+        d = self.config.data
+        return DetectionTransform(image_size=d.image_size, max_boxes=d.max_boxes, train=train,
+                                  hflip_prob=d.hflip_prob, scale_range=(d.scale_min, d.scale_max))
+
+    def train_source(self):
+        d = self.config.data
+        if d.dataset == "coco":
+            return self._coco("train")
+        return shapes.SyntheticShapes(d.num_train, image_size=d.image_size,
+                                      max_objects=d.shapes_max_objects, seed=self.config.seed,
+                                      split="train")
+
+    def train_transform(self, example, rng):
+        return self._transform(train=True)(example, rng)
+
+    def model_inputs(self, batch):
+        return {"images": batch["image"]}
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, params, model_state, batch, rng):
+        m = self.config.model
+        predictions, new_state = self.model.apply(
+            {"params": params, **model_state}, batch["image"], train=True,
+            rngs={"dropout": rng}, mutable=list(model_state))
+        encode = functools.partial(yolo.encode_targets, grid_size=m.grid_size,
+                                   num_classes=self.num_classes, image_hw=self.input_hw)
+        targets = jax.vmap(encode)(batch["boxes"], batch["labels"], batch["box_valid"])
+        terms = jax.vmap(functools.partial(
+            yolo.yolo_loss, image_hw=self.input_hw, lambda_coord=m.lambda_coord,
+            lambda_noobj=m.lambda_noobj, conf_target=m.conf_target))(predictions, targets)
+        total = sum(jnp.sum(v) for v in terms.values())
+        metrics = {k: jnp.mean(v) for k, v in terms.items()}
+        num_images = batch["image"].shape[0]
+        return (total, jnp.float32(num_images)), (metrics, {**model_state, **new_state})
+
+    # ------------------------------------------------------------------ evaluation
+    def predict(self, variables, batch) -> dict[str, jax.Array]:
+        """Detections [B, D]: boxes (xyxy, resized pixels), scores, labels (1..C), valid."""
+        m = self.config.model
+        predictions = self.model.apply(variables, batch["image"], train=False)
+        return jax.vmap(functools.partial(
+            yolo.decode, input_hw=self.input_hw, score_thresh=m.score_thresh,
+            nms_thresh=m.nms_thresh, pre_nms_top_k=m.pre_nms_top_k,
+            detections_per_img=m.detections_per_img,
+        ))(predictions, batch["image_hw"])
+
+    def evaluators(self):
+        d = self.config.data
+        if d.dataset == "coco":
+            source = self._coco("val")
+            ground_truth, image_ids = source.coco, source.image_ids
+            label_to_category = source.label_to_category_id
+        else:
+            source = shapes.SyntheticShapes(self.config.eval.num_examples, image_size=d.image_size,
+                                            max_objects=d.shapes_max_objects,
+                                            seed=self.config.seed, split="val")
+            ground_truth = shapes.coco_ground_truth(source)
+            image_ids = [image["id"] for image in ground_truth["images"]]
+            label_to_category = {i: i for i in range(1, len(shapes.CLASS_NAMES) + 1)}
+        names = dict(enumerate(source.class_names, start=1))
+        return {"coco": CocoEvaluator(
+            source=source, transform=self._transform(train=False), predict_fn=self.predict,
+            coco_gt=ground_truth, image_ids=image_ids, label_to_category_id=label_to_category,
+            label_names=names)}
