@@ -1,10 +1,12 @@
 """YOLO v1 from scratch on the built-in synthetic shapes (circles, squares, triangles).
 
 Run:     ./launch.sh experiments/detection/yolo_shapes.py
-Quick:   ./launch.sh experiments/detection/yolo_shapes.py:quick     (a few minutes on 2 CPU cores)
+Quick:   ./launch.sh experiments/detection/yolo_shapes.py:quick     (1000 steps)
 Smoke:   ./launch.sh experiments/detection/yolo_shapes.py:runlocal  (a few steps)
-Result:  see the README's results table (./launch.sh bench yolo_shapes,
-         benchmarks/results/yolo_shapes.json).
+Result:  COCO AP 0.661, AP50 0.951 on the 256 shapes validation images (the same images as
+         faster_rcnn_shapes.py) after 2000 steps, 24 min on the 2-core CPU shared with other
+         jobs (./launch.sh bench yolo_shapes, benchmarks/results/yolo_shapes.json); quick:
+         AP 0.603, AP50 0.924 after 1000 steps.
 """
 
 from mlx_research.train.config import default_config
