@@ -117,6 +117,7 @@ def test_missing_folder_is_a_one_line_config_error(tmp_path):
 
 
 def test_data_and_tensor_parallel_loss_equals_single_device():
+    """data = 4 x model = 2 on 8 fake devices: batch split 4 ways, heads/FFN/vocab 2 ways."""
     out = run_with_devices("""
         import tempfile, jax, numpy as np
         from tests.test_report_task import tiny_config
@@ -124,7 +125,6 @@ def test_data_and_tensor_parallel_loss_equals_single_device():
         from mlx_research.train.trainer import Trainer
         losses = {}
         for name, devices, mesh in (("one", jax.devices()[:1], {"data": 1}),
-                                    ("data8", jax.devices(), {"data": 8}),
                                     ("data4_model2", jax.devices(), {"data": 4, "model": 2})):
             config = tiny_config(batch_size=8, **{"eval.batch_size": 8, "model.dropout": 0.0})
             config.mesh.update(mesh)
@@ -136,9 +136,8 @@ def test_data_and_tensor_parallel_loss_equals_single_device():
                 _, metrics = t.train_step(t.fresh_state(0), batch)
             losses[name] = {k: float(v) for k, v in metrics.items()}
             t.close()
-        for name in ("data8", "data4_model2"):
-            for key in ("loss", "grad_norm"):
-                np.testing.assert_allclose(losses[name][key], losses["one"][key], rtol=1e-5)
+        for key in ("loss", "grad_norm"):
+            np.testing.assert_allclose(losses["data4_model2"][key], losses["one"][key], rtol=1e-5)
         print("ok", losses["one"]["loss"])
     """)
     assert out.startswith("ok")
