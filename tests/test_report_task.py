@@ -90,14 +90,13 @@ def _first_normal(evaluator):
                 if evaluator.studies.reference_labels(i).get("No Finding") == 1)
 
 
-@pytest.mark.parametrize("experiment,views", [("r2gen_iu_xray", 2), ("r2gen_mimic_cxr", 1)])
-def test_r2gen_folder_trains_and_evaluates(tmp_path, experiment, views):
-    """The real-data configs (runlocal) on a folder in R2Gen's layout written by the generator."""
-    import importlib
+def test_iu_xray_config_trains_and_evaluates_on_an_r2gen_folder(tmp_path):
+    """experiments/report/r2gen_iu_xray.py:runlocal on a folder in R2Gen's layout."""
+    from experiments.report.r2gen_iu_xray import get_config
 
     root = tmp_path / "data"
-    cxr.write_r2gen(root, 6, 2, 3, image_size=40, views=views, seed=1)
-    config = importlib.import_module(f"experiments.report.{experiment}").get_config("runlocal")
+    cxr.write_r2gen(root, 6, 2, 3, image_size=40, views=2, seed=1)
+    config = get_config("runlocal")
     config.data.update(root=str(root), resize=40, crop=32)
     config.eval.meteor = False
     trainer = Trainer(config, str(tmp_path / "run"))
@@ -106,7 +105,24 @@ def test_r2gen_folder_trains_and_evaluates(tmp_path, experiment, views):
     rows = _eval_rows(tmp_path / "run", config.total_steps)
     test_ids = [e["id"] for e in json.loads((root / "annotation.json").read_text())["test"]]
     assert [r["id"] for r in rows] == test_ids
-    assert trainer.task.max_len == (60 if views == 2 else 100)
+    assert trainer.task.max_len == 60 and trainer.task.threshold == 3
+
+
+def test_mimic_cxr_config_reads_one_view_folders(tmp_path):
+    import jax.numpy as jnp
+
+    from experiments.report.r2gen_mimic_cxr import get_config
+    from mlx_research.train.tasks import get_task
+
+    root = tmp_path / "data"
+    cxr.write_r2gen(root, 6, 2, 3, image_size=40, views=1, seed=1)
+    config = get_config("runlocal")
+    config.data.update(root=str(root), resize=40, crop=32)
+    get_task("report").validate_config(config)
+    task = get_task("report")(config, jnp.float32)
+    example = task.train_transform(task.train_source()[0], np.random.default_rng(0))
+    assert example["image"].shape == (1, 32, 32, 3) and example["tokens"].shape == (100,)
+    assert task.max_len == 100 and task.threshold == 10
 
 
 def test_missing_folder_is_a_one_line_config_error(tmp_path):
