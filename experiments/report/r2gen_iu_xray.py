@@ -11,11 +11,21 @@ Result: not measured here (the dataset is not distributed with the code).
 from mlx_research.train.config import default_config
 
 
+# R2Gen's run scripts: epochs, training studies, seed.
+_RUNS = {"iu_xray": (100, 2069, 9223), "mimic_cxr": (30, 270790, 456789)}
+
+
 def get_config(arg: str | None = None):
     """arg: comma-separated presets: "base" (no relational memory) | "runlocal"."""
+    return r2gen_config("iu_xray", arg)
+
+
+def r2gen_config(dataset: str, arg: str | None = None):
+    """R2Gen's published settings for `dataset` ("iu_xray" | "mimic_cxr") and the presets."""
+    epochs, studies, seed = _RUNS[dataset]
     config = default_config("report")
-    config.total_steps = 100 * 2069 // 16  # R2Gen: 100 epochs of the 2069 training studies
-    config.seed = 9223  # R2Gen's seed
+    config.total_steps = epochs * studies // 16  # R2Gen's epochs of the training studies
+    config.seed = seed
     config.batch_size = 16
     config.log_every = 100
     config.eval_every = 2000
@@ -29,7 +39,7 @@ def get_config(arg: str | None = None):
     config.model.update(backbone="resnet50", norm="frozen_batch", d_model=512, d_ff=512,
                         num_heads=8, num_layers=3, dropout=0.1, rm_num_slots=3, rm_num_heads=8,
                         rm_d_model=512)
-    config.data.update(dataset="iu_xray", root="", resize=256, crop=224, hflip=True)
+    config.data.update(dataset=dataset, root="", resize=256, crop=224, hflip=True)
     config.eval.update(split="test", batch_size=16, beam_size=3)
 
     for item in filter(None, (arg or "").split(",")):
@@ -45,5 +55,5 @@ def get_config(arg: str | None = None):
             config.data.update(resize=64, crop=56)
             config.eval.update(batch_size=2, beam_size=2)
         else:
-            raise ValueError(f"r2gen_iu_xray.py: unknown preset {item!r} (known: base, runlocal)")
+            raise ValueError(f"r2gen_{dataset}.py: unknown preset {item!r} (known: base, runlocal)")
     return config
