@@ -9,24 +9,19 @@ pycocotools AP, AP50, ... on the validation split, and a picture of predicted bo
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mlx_research.data import coco as coco_data
-from mlx_research.data import shapes
-from mlx_research.data.detection_transforms import DetectionTransform
-from mlx_research.evaluation.coco import CocoEvaluator
 from mlx_research.models.detection import rcnn
 from mlx_research.models.detection.faster_rcnn import FasterRCNN
 from mlx_research.ops.anchors import anchor_grid
 from mlx_research.ops.roi import multiscale_roi_align, roi_align
 from mlx_research.train.config import check_choices, check_ranges
 from mlx_research.train.errors import ConfigError
-from mlx_research.train.tasks import base
+from mlx_research.train.tasks import detection
 
 _RANGES = {
     "model.fpn_channels": (1, None),
@@ -49,18 +44,10 @@ _RANGES = {
     "model.box_score_thresh": (0, 1),
     "model.box_nms_thresh": (0, 1),
     "model.box_detections_per_img": (1, None),
-    "data.image_size": (16, None),
-    "data.max_boxes": (1, None),
-    "data.num_train": (1, None),
-    "data.shapes_max_objects": (0, None),
-    "data.hflip_prob": (0, 1),
-    "data.scale_min": (0.1, 10),
-    "data.scale_max": (0.1, 10),
-    "eval.num_examples": (1, None),
 }
 
 
-class Task(base.Task):
+class Task(detection.DetectionTask):
     """Faster R-CNN (torchvision defaults, every one a config field)."""
 
     @staticmethod
@@ -86,46 +73,24 @@ class Task(base.Task):
             representation_size=1024,  # box head MLP width
             box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100,
         ))
-        c.data = ml_collections.ConfigDict(dict(
-            dataset="shapes",  # "shapes" (synthetic, built in) | "coco" (a COCO-format folder)
-            image_size=128,  # images are resized to fit S x S and padded
-            max_boxes=8,  # ground-truth boxes per image after the transform (extra ones dropped)
-            num_train=10**9,  # shapes: training stream length (generated on the fly)
-            shapes_max_objects=6,  # shapes: objects per image, 0..this
-            root="",  # coco: dataset folder
-            train_annotations="annotations/instances_train.json",  # coco: relative to root
-            val_annotations="annotations/instances_val.json",
-            train_images="train",  # coco: image folders relative to root
-            val_images="val",
-            hflip_prob=0.5,  # training augmentation
-            scale_min=1.0, scale_max=1.0,  # training scale jitter range
-        ))
-        c.eval = ml_collections.ConfigDict(dict(num_examples=256))  # shapes: validation images
+        c.data = detection.data_config(image_size=128)
+        c.eval = detection.eval_config()
         return c
 
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
+        detection.validate_data(config)
         check_choices(config, {
-            "model.backbone": ("small_cnn", "resnet18", "resnet34", "resnet50"),
-            "data.dataset": ("shapes", "coco"),
+            "model.backbone": detection.BACKBONES,
         })
         check_ranges(config, _RANGES)
-        m, d = config.model, config.data
+        m = config.model
         levels = len(m.feature_levels) + (1 if m.fpn else 0)
         if not m.fpn and len(m.feature_levels) != 1:
             raise ConfigError("config: 'model.feature_levels' must name one map without model.fpn")
         if len(m.anchor_sizes) != levels or len(m.aspect_ratios) != levels:
             raise ConfigError(f"config: 'model.anchor_sizes' and 'model.aspect_ratios' need one "
                               f"entry per feature level ({levels})")
-        if d.scale_min > d.scale_max:
-            raise ConfigError("config: 'data.scale_min' exceeds 'data.scale_max'")
-        if d.dataset == "coco":
-            if not d.root:
-                raise ConfigError("config: 'data.root' must name a COCO-format folder")
-            for key in ("train_annotations", "val_annotations", "train_images", "val_images"):
-                path = os.path.join(d.root, d[key])
-                if not os.path.exists(path):
-                    raise ConfigError(f"config: 'data.{key}': {path} does not exist")
 
     def __init__(self, config: ml_collections.ConfigDict, dtype: Any):
         super().__init__(config, dtype)
@@ -149,37 +114,6 @@ class Task(base.Task):
                                    tuple(map(tuple, m.aspect_ratios)))
         per_location = [len(s) * len(r) for s, r in zip(m.anchor_sizes, m.aspect_ratios)]
         self.level_sizes = tuple(h * w * a for (h, w), a in zip(self.feature_sizes, per_location))
-
-    # ------------------------------------------------------------------ data
-    def _num_classes(self) -> int:
-        d = self.config.data
-        if d.dataset == "shapes":
-            return len(shapes.CLASS_NAMES)
-        return len(self._coco("val").label_to_category_id)
-
-    @functools.cache
-    def _coco(self, split: str) -> coco_data.CocoDetection:
-        d = self.config.data
-        return coco_data.CocoDetection(d.root, d[f"{split}_annotations"], d[f"{split}_images"])
-
-    def _transform(self, train: bool) -> DetectionTransform:
-        d = self.config.data
-        return DetectionTransform(image_size=d.image_size, max_boxes=d.max_boxes, train=train,
-                                  hflip_prob=d.hflip_prob, scale_range=(d.scale_min, d.scale_max))
-
-    def train_source(self):
-        d = self.config.data
-        if d.dataset == "coco":
-            return self._coco("train")
-        return shapes.SyntheticShapes(d.num_train, image_size=d.image_size,
-                                      max_objects=d.shapes_max_objects, seed=self.config.seed,
-                                      split="train")
-
-    def train_transform(self, example, rng):
-        return self._transform(train=True)(example, rng)
-
-    def model_inputs(self, batch):
-        return {"images": batch["image"]}
 
     # ------------------------------------------------------------------ loss
     def _pool(self, features, rois):
@@ -259,24 +193,6 @@ class Task(base.Task):
 
         return self.model.apply(variables, batch["image"], method=forward)
 
-    def evaluators(self):
-        d = self.config.data
-        if d.dataset == "coco":
-            source = self._coco("val")
-            ground_truth, image_ids = source.coco, source.image_ids
-            label_to_category = source.label_to_category_id
-        else:
-            source = shapes.SyntheticShapes(self.config.eval.num_examples, image_size=d.image_size,
-                                            max_objects=d.shapes_max_objects,
-                                            seed=self.config.seed, split="val")
-            ground_truth = shapes.coco_ground_truth(source)
-            image_ids = [image["id"] for image in ground_truth["images"]]
-            label_to_category = {i: i for i in range(1, len(shapes.CLASS_NAMES) + 1)}
-        names = dict(enumerate(source.class_names, start=1))
-        return {"coco": CocoEvaluator(
-            source=source, transform=self._transform(train=False), predict_fn=self.predict,
-            coco_gt=ground_truth, image_ids=image_ids, label_to_category_id=label_to_category,
-            label_names=names)}
 
 
 def _with_batch_index(boxes: jax.Array) -> jax.Array:

@@ -10,21 +10,16 @@ validation split, and a picture of predicted boxes.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mlx_research.data import coco as coco_data
-from mlx_research.data import shapes
-from mlx_research.data.detection_transforms import DetectionTransform
-from mlx_research.evaluation.coco import CocoEvaluator
 from mlx_research.models.detection import yolo
 from mlx_research.train.config import check_choices, check_ranges
 from mlx_research.train.errors import ConfigError
-from mlx_research.train.tasks import base
+from mlx_research.train.tasks import detection
 
 _RANGES = {
     "model.grid_size": (1, None),
@@ -39,18 +34,10 @@ _RANGES = {
     "model.nms_thresh": (0, 1),
     "model.pre_nms_top_k": (1, None),
     "model.detections_per_img": (1, None),
-    "data.image_size": (16, None),
-    "data.max_boxes": (1, None),
-    "data.num_train": (1, None),
-    "data.shapes_max_objects": (0, None),
-    "data.hflip_prob": (0, 1),
-    "data.scale_min": (0.1, 10),
-    "data.scale_max": (0.1, 10),
-    "eval.num_examples": (1, None),
 }
 
 
-class Task(base.Task):
+class Task(detection.DetectionTask):
     """YOLO v1 (the paper's S, B, lambdas and loss; every choice a config field)."""
 
     @staticmethod
@@ -76,32 +63,19 @@ class Task(base.Task):
             pre_nms_top_k=1000,  # best candidates (box x class) entering NMS
             detections_per_img=100,  # fixed number of detections (valid mask)
         ))
-        c.data = ml_collections.ConfigDict(dict(
-            dataset="shapes",  # "shapes" (synthetic, built in) | "coco" (a COCO-format folder)
-            image_size=448,  # images are resized to fit S x S and padded (paper: 448)
-            max_boxes=8,  # ground-truth boxes per image after the transform (extra ones dropped)
-            num_train=10**9,  # shapes: training stream length (generated on the fly)
-            shapes_max_objects=6,  # shapes: objects per image, 0..this
-            root="",  # coco: dataset folder
-            train_annotations="annotations/instances_train.json",  # coco: relative to root
-            val_annotations="annotations/instances_val.json",
-            train_images="train",  # coco: image folders relative to root
-            val_images="val",
-            hflip_prob=0.5,  # training augmentation
-            scale_min=1.0, scale_max=1.0,  # training scale jitter range
-        ))
-        c.eval = ml_collections.ConfigDict(dict(num_examples=256))  # shapes: validation images
+        c.data = detection.data_config(image_size=448)
+        c.eval = detection.eval_config()
         return c
 
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
+        detection.validate_data(config)
         check_choices(config, {
-            "model.backbone": ("small_cnn", "resnet18", "resnet34", "resnet50"),
+            "model.backbone": detection.BACKBONES,
             "model.head": ("conv", "fc"),
             "model.head_norm": ("batch", "none"),
             "model.output_activation": ("sigmoid", "linear"),
             "model.conf_target": ("iou", "one"),
-            "data.dataset": ("shapes", "coco"),
         })
         check_ranges(config, _RANGES)
         m, d = config.model, config.data
@@ -118,15 +92,6 @@ class Task(base.Task):
             raise ConfigError(f"config: 'model.grid_size' {m.grid_size} must divide the "
                               f"{m.feature_level} map side {side} (data.image_size "
                               f"{d.image_size} / stride {stride})")
-        if d.scale_min > d.scale_max:
-            raise ConfigError("config: 'data.scale_min' exceeds 'data.scale_max'")
-        if d.dataset == "coco":
-            if not d.root:
-                raise ConfigError("config: 'data.root' must name a COCO-format folder")
-            for key in ("train_annotations", "val_annotations", "train_images", "val_images"):
-                path = os.path.join(d.root, d[key])
-                if not os.path.exists(path):
-                    raise ConfigError(f"config: 'data.{key}': {path} does not exist")
 
     def __init__(self, config: ml_collections.ConfigDict, dtype: Any):
         super().__init__(config, dtype)
@@ -141,37 +106,6 @@ class Task(base.Task):
             fc_hidden=m.fc_hidden, dropout=m.dropout, output_activation=m.output_activation,
             dtype=dtype,
         )
-
-    # ------------------------------------------------------------------ data
-    def _num_classes(self) -> int:
-        d = self.config.data
-        if d.dataset == "shapes":
-            return len(shapes.CLASS_NAMES)
-        return len(self._coco("val").label_to_category_id)
-
-    @functools.cache
-    def _coco(self, split: str) -> coco_data.CocoDetection:
-        d = self.config.data
-        return coco_data.CocoDetection(d.root, d[f"{split}_annotations"], d[f"{split}_images"])
-
-    def _transform(self, train: bool) -> DetectionTransform:
-        d = self.config.data
-        return DetectionTransform(image_size=d.image_size, max_boxes=d.max_boxes, train=train,
-                                  hflip_prob=d.hflip_prob, scale_range=(d.scale_min, d.scale_max))
-
-    def train_source(self):
-        d = self.config.data
-        if d.dataset == "coco":
-            return self._coco("train")
-        return shapes.SyntheticShapes(d.num_train, image_size=d.image_size,
-                                      max_objects=d.shapes_max_objects, seed=self.config.seed,
-                                      split="train")
-
-    def train_transform(self, example, rng):
-        return self._transform(train=True)(example, rng)
-
-    def model_inputs(self, batch):
-        return {"images": batch["image"]}
 
     # ------------------------------------------------------------------ loss
     def loss(self, params, model_state, batch, rng):
@@ -201,21 +135,3 @@ class Task(base.Task):
             detections_per_img=m.detections_per_img,
         ))(predictions, batch["image_hw"])
 
-    def evaluators(self):
-        d = self.config.data
-        if d.dataset == "coco":
-            source = self._coco("val")
-            ground_truth, image_ids = source.coco, source.image_ids
-            label_to_category = source.label_to_category_id
-        else:
-            source = shapes.SyntheticShapes(self.config.eval.num_examples, image_size=d.image_size,
-                                            max_objects=d.shapes_max_objects,
-                                            seed=self.config.seed, split="val")
-            ground_truth = shapes.coco_ground_truth(source)
-            image_ids = [image["id"] for image in ground_truth["images"]]
-            label_to_category = {i: i for i in range(1, len(shapes.CLASS_NAMES) + 1)}
-        names = dict(enumerate(source.class_names, start=1))
-        return {"coco": CocoEvaluator(
-            source=source, transform=self._transform(train=False), predict_fn=self.predict,
-            coco_gt=ground_truth, image_ids=image_ids, label_to_category_id=label_to_category,
-            label_names=names)}

@@ -1,0 +1,440 @@
+"""DETR (Carion et al. 2020): a Transformer that predicts a set of boxes, trained by matching.
+
+Network (facebookresearch/detr ``models/detr.py``, ``transformer.py``): images normalised with
+the ImageNet mean/std, a backbone (``SmallCNN`` or a ResNet) whose map at ``feature_level`` goes
+through a 1x1 input projection to ``hidden_dim``; 2-D sine positions (``normalize=True``) over
+the valid (unpadded) feature pixels; a Transformer encoder over the flattened map and a decoder
+whose ``num_queries`` object queries start at zero content with learned query positions; every
+decoder layer's output (after the decoder's final LayerNorm) goes through the shared class head
+(``num_classes + 1`` logits) and the 3-layer box MLP with a sigmoid (normalised cxcywh).
+
+Label layout: targets carry labels ``1..K`` (0 = padding, never a class, as everywhere in this
+codebase); logit column ``c`` scores label ``c + 1`` and the last column ``K`` is "no object".
+(DETR sizes its head ``max_id + 2``, so a column for id 0 exists there but is never a target;
+leaving that column out is the only difference.)
+
+Two convergence aids from later DETR papers, off by default (off = DETR): ``spatial_prior``
+(SMCA, Gao et al. 2021: a Gaussian-like cross-attention window around a learned reference
+point per query, box centres predicted relative to it; ``SpatiallyModulatedDecoder``) and
+``query_groups`` (Group DETR, Chen et al. 2023: G independent groups of queries, each matched
+one-to-one, inference with the first). Training DETR from scratch on small synthetic images
+stays on the "every query predicts the mean box" plateau for thousands of steps; these two
+leave it within a few hundred (see experiments/detection/detr_shapes.py).
+
+Criterion (DETR's ``HungarianMatcher`` + ``SetCriterion``), per decoder layer: an exact
+Hungarian matching per image between queries and the valid targets (``box_valid``) on
+``cost_class * (-prob[target class]) + cost_bbox * L1(cxcywh) + cost_giou * (-GIoU)``, no
+gradient through it; then cross-entropy over all queries with class weights (``eos_coef`` for
+no-object, 1 otherwise) as a weighted mean over the batch, and ``L1`` and ``1 - GIoU`` summed
+over the matched pairs and divided by ``num_boxes`` (the batch's valid targets, at least 1).
+Every layer is matched on its own (auxiliary losses) and the weighted losses are summed over
+layers. The matching is ``mlx_research.ops.linear_sum_assignment`` (on device, or scipy
+through ``pure_callback``); all layers and images go to it as one vmapped call.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mlx_research.nn.position import LearnedPositionEmbedding, sine_position_encoding_2d
+from mlx_research.nn.resnet import SmallCNN, resnet18, resnet34, resnet50
+from mlx_research.nn.transformer import (TransformerDecoder, TransformerDecoderLayer,
+                                         TransformerEncoder)
+from mlx_research.ops.boxes import box_convert, generalized_box_iou
+from mlx_research.ops.matching import matcher
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
+
+
+class BoxMLP(nn.Module):
+    """DETR's ``MLP``: ``num_layers`` Dense layers, relu between them: [..., D] -> [..., out]."""
+
+    hidden_dim: int
+    out_dim: int = 4
+    num_layers: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(self.num_layers):
+            last = i == self.num_layers - 1
+            x = nn.Dense(self.out_dim if last else self.hidden_dim, dtype=self.dtype,
+                         name=f"layers_{i}")(x)
+            x = x if last else nn.relu(x)
+        return x
+
+
+def feature_mask(image_hw: jax.Array, feature_hw: tuple[int, int], stride: int) -> jax.Array:
+    """Valid feature pixels: DETR's nearest-neighbour downsampling of the image padding mask.
+
+    Args:
+      image_hw: [B, 2] int, valid (unpadded) height and width of each image in pixels.
+      feature_hw: (h, w) of the feature map.
+      stride: image pixels per feature pixel.
+
+    Returns:
+      [B, h, w] bool, True where ``row * stride < height`` and ``col * stride < width``.
+    """
+    rows = jnp.arange(feature_hw[0]) * stride
+    cols = jnp.arange(feature_hw[1]) * stride
+    return ((rows[None, :, None] < image_hw[:, 0, None, None])
+            & (cols[None, None, :] < image_hw[:, 1, None, None]))
+
+
+class ModulatedDecoderLayer(TransformerDecoderLayer):
+    """``TransformerDecoderLayer`` (same parameters and names) whose cross-attention logits get
+    an additive bias."""
+
+    @nn.compact
+    def __call__(self, tgt: jax.Array, memory: jax.Array, cross_bias: jax.Array,
+                 cross_mask: jax.Array, pos: jax.Array, query_pos: jax.Array,
+                 deterministic: bool = True, self_mask: jax.Array | None = None) -> jax.Array:
+        """Decodes ``tgt`` attending to ``memory``.
+
+        Args:
+          tgt: [B, Q, D] query content.
+          memory: [B, S, D] encoder output.
+          cross_bias: [B, H, Q, S] float added to the cross-attention logits.
+          cross_mask: bool broadcastable to [B, H, Q, S] (memory padding).
+          pos: [B, S, D] memory positions (added to keys).
+          query_pos: [B, Q, D] query positions (added to queries and self-attention keys).
+          deterministic: disables dropout.
+          self_mask: bool broadcastable to [B, H, Q, Q], or None.
+
+        Returns:
+          [B, Q, D].
+        """
+        self_attn, cross_attn = self._attention("self_attn"), self._attention("cross_attn")
+        norm1, norm2, norm3 = self._norm("norm1"), self._norm("norm2"), self._norm("norm3")
+        mlp = self._mlp()
+
+        def self_attention(h):
+            return self_attn(h + query_pos, h + query_pos, self_mask, inputs_v=h,
+                             deterministic=deterministic)
+
+        def cross_attention(h):
+            return cross_attn(h + query_pos, memory + pos, cross_mask, cross_bias, inputs_v=memory,
+                              deterministic=deterministic)
+
+        if self.norm_first:
+            tgt = self._residual(tgt, self_attention(norm1(tgt)), deterministic)
+            tgt = self._residual(tgt, cross_attention(norm2(tgt)), deterministic)
+            tgt = self._residual(tgt, mlp(norm3(tgt), deterministic), deterministic)
+        else:
+            tgt = norm1(self._residual(tgt, self_attention(tgt), deterministic))
+            tgt = norm2(self._residual(tgt, cross_attention(tgt), deterministic))
+            tgt = norm3(self._residual(tgt, mlp(tgt, deterministic), deterministic))
+        return nn.with_logical_constraint(tgt, ("batch", "length", "embed"))
+
+
+class SpatiallyModulatedDecoder(nn.Module):
+    """DETR's decoder with SMCA's spatial prior (Gao et al. 2021, single scale, shared centre).
+
+    Each query has a learned reference point ``r = sigmoid(Dense(query_pos))`` (x, y in [0, 1]
+    of the valid image). In every layer each head predicts a spread ``s = sigmoid(Dense(tgt +
+    query_pos))`` per axis, and its cross-attention logits get ``log G = -((x - r_x)^2 / s_x^2
+    + (y - r_y)^2 / s_y^2) / beta`` at key position (x, y) (feature-cell centres, normalised):
+    a Gaussian-like window the query can widen or move, so attention is local from the start.
+
+    Attributes:
+      num_layers: decoder layers.
+      beta: bandwidth of the prior (larger = wider windows).
+      layer_kwargs: ``TransformerDecoderLayer`` fields (d_model, nhead, ...).
+    """
+
+    num_layers: int
+    beta: float
+    layer_kwargs: dict
+
+    @nn.compact
+    def __call__(self, memory: jax.Array, key_xy: jax.Array, key_mask: jax.Array, pos: jax.Array,
+                 query_pos: jax.Array, deterministic: bool,
+                 self_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """memory/pos [B, S, D], key_xy [B, S, 2], key_mask [B, 1, 1, S], query_pos [B, Q, D],
+        self_mask [1, 1, Q, Q] or None -> (outputs [L, B, Q, D] after the final norm,
+        reference point logits [Q, 2])."""
+        heads = self.layer_kwargs["nhead"]
+        reference_logit = nn.Dense(2, name="reference_points")(query_pos[0])
+        reference = jax.nn.sigmoid(reference_logit)
+        offset = key_xy[:, None, None, :, :] - reference[None, None, :, None, :]  # [B,1,Q,S,2]
+        tgt, outputs = jnp.zeros_like(query_pos), []
+        norm = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=self.layer_kwargs[
+            "dtype"], name="norm")
+        for i in range(self.num_layers):
+            spread = jax.nn.sigmoid(nn.Dense(2 * heads, name=f"spread_{i}")(tgt + query_pos))
+            spread = jnp.maximum(spread, 1e-3)  # finite bias when the sigmoid saturates
+            spread = spread.reshape(*spread.shape[:2], heads, 2).transpose(0, 2, 1, 3)
+            bias = -((offset / spread[:, :, :, None, :]) ** 2).sum(-1) / self.beta  # [B,H,Q,S]
+            tgt = ModulatedDecoderLayer(**self.layer_kwargs, name=f"layers_{i}")(
+                tgt, memory, bias.astype(memory.dtype), key_mask, pos, query_pos, deterministic,
+                self_mask)
+            outputs.append(norm(tgt))
+        return jnp.stack(outputs), reference_logit
+
+
+class DETR(nn.Module):
+    """Backbone + input projection + Transformer encoder/decoder + class and box heads.
+
+    Attributes:
+      num_classes: object classes K (no-object excluded); the class head has K + 1 outputs.
+      num_queries: object queries Q (most objects one image can hold).
+      hidden_dim: Transformer width D (a multiple of 4: D / 2 sine features per axis).
+      nhead: attention heads.
+      num_encoder_layers: encoder layers.
+      num_decoder_layers: decoder layers L (each one's output is scored).
+      dim_feedforward: FFN width.
+      dropout: Transformer dropout.
+      pre_norm: pre-LN layers (DETR's ``--pre_norm``) instead of post-LN.
+      backbone: "small_cnn" | "resnet18" | "resnet34" | "resnet50".
+      feature_level: backbone map used, "C<k>" (stride 2^k).
+      small_cnn_features: SmallCNN stage widths.
+      norm: backbone norm ("batch", "frozen_batch", "group").
+      pos_temperature: wavelength base of the sine positions (DETR: 10000).
+      pos_scale: range of the normalised positions (DETR: 2 pi, one period of the fastest
+        feature across the map; larger values add finer position features).
+      spatial_prior: SMCA's Gaussian-like cross-attention prior around learned reference points,
+        box centres predicted relative to them (``SpatiallyModulatedDecoder``); not in DETR.
+      spatial_prior_beta: the prior's bandwidth.
+      query_groups: Group DETR (Chen et al. 2023): G groups of ``num_queries`` queries that
+        attend only within their group; each group is matched to the targets on its own
+        (one-to-one within a group, G positives per object). Outputs hold all G * Q queries,
+        group-major; inference uses group 0. 1 = DETR.
+      dtype: computation dtype.
+    """
+
+    num_classes: int
+    num_queries: int = 100
+    hidden_dim: int = 256
+    nhead: int = 8
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    pre_norm: bool = False
+    backbone: str = "resnet50"
+    feature_level: str = "C5"
+    small_cnn_features: Sequence[int] = (32, 64, 128)
+    norm: str = "batch"
+    pos_temperature: float = 10000.0
+    pos_scale: float = 2 * math.pi
+    spatial_prior: bool = False
+    spatial_prior_beta: float = 1.0
+    query_groups: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, image_hw: jax.Array,
+                 train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """Scores every query at every decoder layer.
+
+        Args:
+          images: [B, H, W, 3] float in [0, 1], padded bottom/right.
+          image_hw: [B, 2] int, valid height and width of each image.
+          train: batch statistics and dropout on (needs a "dropout" rng when dropout > 0).
+
+        Returns:
+          (logits [L, B, G * Q, K + 1] float32, boxes [L, B, G * Q, 4] float32 cxcywh in [0, 1]
+          of the valid image), L = num_decoder_layers (the last layer last), G = query_groups.
+        """
+        if self.backbone == "small_cnn":
+            body = SmallCNN(features=tuple(self.small_cnn_features), norm=self.norm,
+                            dtype=self.dtype, name="backbone")
+        else:
+            body = _RESNETS[self.backbone](norm=self.norm, dtype=self.dtype, name="backbone")
+        mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
+        features = body(((images - mean) / std).astype(self.dtype), train=train)[self.feature_level]
+        batch, height, width = features.shape[:3]
+        src = nn.Conv(self.hidden_dim, (1, 1), dtype=self.dtype, name="input_proj")(features)
+        stride = 2 ** int(self.feature_level[1:])
+        valid = feature_mask(image_hw, (height, width), stride)
+        pos = sine_position_encoding_2d(valid, self.hidden_dim // 2, self.pos_temperature,
+                                        scale=self.pos_scale).astype(self.dtype)
+        src = src.reshape(batch, height * width, self.hidden_dim)
+        pos = pos.reshape(batch, height * width, self.hidden_dim)
+        key_mask = valid.reshape(batch, 1, 1, height * width)
+
+        layer_kwargs = dict(d_model=self.hidden_dim, nhead=self.nhead,
+                            dim_feedforward=self.dim_feedforward, dropout=self.dropout,
+                            norm_first=self.pre_norm, dtype=self.dtype)
+        memory = TransformerEncoder(num_layers=self.num_encoder_layers, **layer_kwargs,
+                                    name="encoder")(src, key_mask, pos, deterministic=not train)
+        queries = self.num_queries * self.query_groups
+        query_pos = LearnedPositionEmbedding(queries, self.hidden_dim,
+                                             name="query_embed")(queries)
+        query_pos = jnp.broadcast_to(query_pos.astype(self.dtype),
+                                     (batch, queries, self.hidden_dim))
+        group = jnp.arange(queries) // self.num_queries
+        self_mask = None  # Group DETR: queries attend within their group
+        if self.query_groups > 1:
+            self_mask = (group[:, None] == group[None, :])[None, None]
+        if self.spatial_prior:
+            cells = (jnp.arange(height * width) // width, jnp.arange(height * width) % width)
+            key_xy = jnp.stack([(cells[1] + 0.5) * stride / image_hw[:, 1:2],
+                                (cells[0] + 0.5) * stride / image_hw[:, 0:1]], -1)  # [B, S, 2]
+            hs, reference_logit = SpatiallyModulatedDecoder(
+                self.num_decoder_layers, self.spatial_prior_beta, layer_kwargs, name="decoder")(
+                memory, key_xy, key_mask, pos, query_pos, not train, self_mask)
+        else:
+            hs = TransformerDecoder(num_layers=self.num_decoder_layers, final_norm=True,
+                                    return_intermediate=True, **layer_kwargs, name="decoder")(
+                jnp.zeros_like(query_pos), memory, self_mask=self_mask, cross_mask=key_mask,
+                pos=pos, query_pos=query_pos, deterministic=not train)
+        logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, name="class_embed")(hs)
+        boxes = BoxMLP(self.hidden_dim, dtype=self.dtype, name="bbox_embed")(hs)
+        boxes = boxes.astype(jnp.float32)
+        if self.spatial_prior:  # centres relative to the reference points
+            boxes = boxes.at[..., :2].add(reference_logit.astype(jnp.float32))
+        return logits.astype(jnp.float32), jax.nn.sigmoid(boxes)
+
+
+# ------------------------------------------------------------------------------------------
+# Matching and criterion
+# ------------------------------------------------------------------------------------------
+
+
+class CriterionWeights(NamedTuple):
+    """DETR's matching costs and loss weights (``--set_cost_*``, ``--*_loss_coef``)."""
+
+    cost_class: float = 1.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    loss_ce: float = 1.0
+    loss_bbox: float = 5.0
+    loss_giou: float = 2.0
+    eos_coef: float = 0.1
+
+
+class LayerLoss(NamedTuple):
+    """Per decoder layer [L]: the three losses (normalised as DETR) and two logged errors."""
+
+    ce: jax.Array
+    bbox: jax.Array
+    giou: jax.Array
+    class_error: jax.Array
+    cardinality_error: jax.Array
+
+
+def hungarian_match(cost: jax.Array, target_valid: jax.Array,
+                    method: str = "device") -> tuple[jax.Array, jax.Array]:
+    """Exact min-cost matching of queries to the valid targets, per image (any leading dims).
+
+    Args:
+      cost: [..., Q, M] matching cost (no gradient flows through the result).
+      target_valid: [..., M] bool.
+      method: "device" | "scipy" (see ``ops.linear_sum_assignment``).
+
+    Returns:
+      (queries, targets): [..., min(Q, M)] int32 matched pairs, -1 in unused slots.
+    """
+    solve = matcher(method)
+    fn = lambda c, v: solve(c, valid_cols=v)
+    for _ in range(cost.ndim - 2):
+        fn = jax.vmap(fn)
+    return fn(cost, jnp.broadcast_to(target_valid, cost.shape[:-2] + target_valid.shape[-1:]))
+
+
+def set_criterion(logits: jax.Array, boxes: jax.Array, target_boxes: jax.Array,
+                  target_labels: jax.Array, target_valid: jax.Array,
+                  weights: CriterionWeights = CriterionWeights(), method: str = "device",
+                  groups: int = 1) -> tuple[jax.Array, LayerLoss]:
+    """DETR's loss with auxiliary losses: every layer matched and scored, weighted, summed.
+
+    With ``groups = G > 1`` (Group DETR) the G * Q queries of an image are G sets of Q, each
+    matched to the image's targets on its own; the result is the mean over groups of each
+    group's DETR loss (every group matches as many targets, so the class-weighted mean over all
+    sets and the box sums over G times the target count are exactly that mean).
+
+    Args:
+      logits: [L, B, G * Q, K + 1] class logits, the last column no-object, group-major.
+      boxes: [L, B, G * Q, 4] predicted cxcywh, normalised.
+      target_boxes: [B, M, 4] cxcywh normalised by the same image size; padded rows anything
+        finite.
+      target_labels: [B, M] int in 1..K (padded rows anything).
+      target_valid: [B, M] bool; images may have no valid target (loss stays finite).
+      weights: matching costs, loss weights and the no-object class weight.
+      method: matcher, "device" | "scipy".
+      groups: query groups G.
+
+    Returns:
+      (total, per_layer): total = sum over layers of ``loss_ce * ce + loss_bbox * bbox +
+      loss_giou * giou`` (scalar); per_layer: ``LayerLoss`` of [L] arrays.
+    """
+    if groups > 1:  # each group is an image of its own: [L, B, G * Q] -> [L, B * G, Q]
+        logits, boxes = (x.reshape(x.shape[0], -1, x.shape[2] // groups, x.shape[-1])
+                         for x in (logits, boxes))
+        target_boxes, target_labels, target_valid = (
+            jnp.repeat(x, groups, axis=0) for x in (target_boxes, target_labels, target_valid))
+    num_classes = logits.shape[-1] - 1
+    classes = jnp.clip(target_labels - 1, 0, num_classes - 1)  # logit column of each target
+    l1 = jnp.abs(boxes[..., :, None, :] - target_boxes[:, None, :, :]).sum(-1)  # [L, B, Q, M]
+    giou = generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"),
+                               box_convert(target_boxes, "cxcywh", "xyxy")[None])
+    log_prob = jax.nn.log_softmax(logits, axis=-1)
+    prob = jnp.exp(log_prob)
+    prob_of_target = jnp.take_along_axis(
+        prob, jnp.broadcast_to(classes[None, :, None, :], l1.shape), axis=-1)  # [L, B, Q, M]
+    cost = (weights.cost_bbox * l1 - weights.cost_class * prob_of_target
+            - weights.cost_giou * giou)
+    queries, targets = hungarian_match(jax.lax.stop_gradient(cost), target_valid, method)
+    matched = queries >= 0  # [L, B, P]
+    q, t = jnp.maximum(queries, 0), jnp.maximum(targets, 0)
+
+    def pairs(matrix):  # [L, B, Q, M] -> [L, B, P] at the matched pairs, 0 elsewhere
+        flat = matrix.reshape(*matrix.shape[:2], -1)
+        return jnp.where(matched, jnp.take_along_axis(flat, q * matrix.shape[-1] + t, -1), 0.0)
+
+    num_boxes = jnp.maximum(target_valid.sum(), 1).astype(jnp.float32)
+    bbox = pairs(l1).sum((1, 2)) / num_boxes
+    giou_loss = jnp.where(matched, 1.0 - pairs(giou), 0.0).sum((1, 2)) / num_boxes
+
+    num_layers, batch, num_queries = logits.shape[:3]
+    matched_class = jnp.take_along_axis(jnp.broadcast_to(classes, t.shape[:2] + classes.shape[1:]),
+                                        t, axis=-1)  # [L, B, P]
+    slot = jnp.where(matched, q, num_queries)  # unmatched pairs scatter out of range: dropped
+    target_class = jnp.full((num_layers, batch, num_queries), num_classes, jnp.int32)
+    layer_index = jnp.arange(num_layers)[:, None, None]
+    batch_index = jnp.arange(batch)[None, :, None]
+    target_class = target_class.at[layer_index, batch_index, slot].set(matched_class, mode="drop")
+    class_weight = jnp.where(target_class == num_classes, weights.eos_coef, 1.0)
+    nll = -jnp.take_along_axis(log_prob, target_class[..., None], axis=-1)[..., 0]
+    ce = (class_weight * nll).sum((1, 2)) / class_weight.sum((1, 2))
+
+    total = (weights.loss_ce * ce + weights.loss_bbox * bbox + weights.loss_giou * giou_loss).sum()
+    predicted = jnp.argmax(logits, axis=-1)  # [L, B, Q]
+    correct = jnp.take_along_axis(predicted, q, -1) == matched_class
+    class_error = 100.0 - 100.0 * (correct & matched).sum((1, 2)) / jnp.maximum(
+        matched.sum((1, 2)), 1)
+    class_error = jnp.where(matched.any((1, 2)), class_error, 100.0)
+    cardinality = jnp.abs((predicted != num_classes).sum(-1) - target_valid.sum(-1)).mean(-1)
+    return total, LayerLoss(ce, bbox, giou_loss, class_error, cardinality.astype(jnp.float32))
+
+
+def postprocess(logits: jax.Array, boxes: jax.Array,
+                image_hw: jax.Array) -> dict[str, jax.Array]:
+    """DETR's ``PostProcess``: one detection per query, in pixels of the valid image.
+
+    Args:
+      logits: [B, Q, K + 1] (the last decoder layer's).
+      boxes: [B, Q, 4] cxcywh normalised.
+      image_hw: [B, 2] valid height and width of each image.
+
+    Returns:
+      {"boxes": [B, Q, 4] xyxy pixels, "scores": [B, Q] the highest class probability (no-object
+      excluded), "labels": [B, Q] int32 in 1..K, "valid": [B, Q] all True}.
+    """
+    prob = jax.nn.softmax(logits, axis=-1)[..., :-1]
+    height, width = image_hw[:, 0].astype(jnp.float32), image_hw[:, 1].astype(jnp.float32)
+    scale = jnp.stack([width, height, width, height], axis=-1)[:, None, :]
+    return {
+        "boxes": box_convert(boxes, "cxcywh", "xyxy") * scale,
+        "scores": prob.max(-1),
+        "labels": (jnp.argmax(prob, axis=-1) + 1).astype(jnp.int32),
+        "valid": jnp.ones(prob.shape[:2], bool),
+    }
