@@ -7,17 +7,9 @@ Run:  ./launch.sh bench report_cxr MODEL [PRESET]   MODEL: r2gen | nadm | mkmia 
 """
 
 import importlib
-import json
-import platform
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-import jax
-
-from mlx_research.train.metrics import read_metrics
-from mlx_research.train.trainer import Trainer
+from benchmarks.convergence import train, write
 
 _CURVE = ("bleu_4", "cider", "clinical_f1_macro", "clinical_f1_macro_abnormal")
 
@@ -27,16 +19,9 @@ def main() -> None:
         sys.exit("usage: ./launch.sh bench report_cxr MODEL [PRESET]")
     model, preset = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "")
     config = importlib.import_module(f"experiments.report.{model}_cxr").get_config(preset)
-    with tempfile.TemporaryDirectory() as workdir:
-        start = time.perf_counter()
-        trainer = Trainer(config, workdir)
-        trainer.train()
-        trainer.close()
-        wall = time.perf_counter() - start
-        evals = [r for r in read_metrics(workdir) if "eval/report/bleu_4" in r]
-    suffix = f":{preset}" if preset else ""
-    result = {
-        "experiment": f"experiments/report/{model}_cxr.py{suffix}",
+    wall, evals, machine = train(config, "eval/report/bleu_4")
+    write(f"report_{model}" + (f"_{preset}" if preset else ""), {
+        "experiment": f"experiments/report/{model}_cxr.py" + (f":{preset}" if preset else ""),
         "command": f"./launch.sh bench report_cxr {model}" + (f" {preset}" if preset else ""),
         "steps": config.total_steps,
         "batch_size": config.batch_size,
@@ -47,12 +32,8 @@ def main() -> None:
         "curve": [{"step": r["step"], **{k: round(r[f"eval/report/{k}"], 4) for k in _CURVE}}
                   for r in evals],
         "wall_seconds": round(wall, 1),
-        "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} device(s)",
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    name = f"report_{model}" + (f"_{preset}" if preset else "")
-    (Path(__file__).parent / "results" / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+        **machine,
+    })
 
 
 if __name__ == "__main__":
