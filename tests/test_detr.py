@@ -12,9 +12,7 @@ import scipy.optimize
 
 from mlx_research.data.detection_transforms import DetectionTransform
 from mlx_research.data.shapes import SyntheticShapes
-from mlx_research.models.detection.detr import (ModulatedDecoderLayer, feature_mask, postprocess,
-                                                set_criterion)
-from mlx_research.nn.transformer import TransformerDecoderLayer
+from mlx_research.models.detection.detr import feature_mask, postprocess, set_criterion
 from mlx_research.testing import run_with_devices
 from mlx_research.train.errors import ConfigError
 from mlx_research.train.metrics import read_metrics
@@ -229,24 +227,6 @@ def test_postprocess_scores_labels_and_pixel_boxes():
     np.testing.assert_allclose(out["scores"][0], [prob[0, 1], prob[1, 0]], rtol=1e-6)
     np.testing.assert_allclose(out["boxes"][0], [[32, 12, 48, 28], [0, 20, 40, 40]], atol=1e-5)
     assert bool(out["valid"].all())
-
-
-def test_modulated_decoder_layer_without_bias_is_the_transformer_layer():
-    kw = dict(d_model=8, nhead=2, dim_feedforward=16, dropout=0.0)
-    tgt, memory, pos, query_pos = jax.random.normal(jax.random.key(1), (4, 2, 5, 8)) * 1.0
-    mask = jnp.arange(5)[None, None, None, :] < jnp.array([5, 3])[:, None, None, None]
-    for norm_first in (False, True):
-        plain = TransformerDecoderLayer(**kw, norm_first=norm_first)
-        params = plain.init(jax.random.key(2), tgt, memory, cross_mask=mask, pos=pos,
-                            query_pos=query_pos)
-        want = jax.jit(plain.apply)(params, tgt, memory, cross_mask=mask, pos=pos,
-                                    query_pos=query_pos)
-        modulated = jax.jit(ModulatedDecoderLayer(**kw, norm_first=norm_first).apply)
-        got = modulated(params, tgt, memory, jnp.zeros((2, 2, 5, 5)), mask, pos, query_pos)
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-        shifted = modulated(params, tgt, memory, jnp.zeros((2, 2, 5, 5)).at[..., 0].set(3.0),
-                            mask, pos, query_pos)
-        assert np.abs(np.asarray(shifted - want)).max() > 1e-3  # the bias does reach the logits
 
 
 def test_feature_mask_is_nearest_downsampling_of_the_pixel_mask():

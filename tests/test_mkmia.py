@@ -292,25 +292,6 @@ def test_greedy_generation_decodes_the_fused_memory(trained):
 
 # ------------------------------------------------------------------ configs
 
-def test_configs_share_r2gen_settings_and_presets_switch_parts():
-    import importlib
-
-    for dataset, arg in (("cxr", None), ("iu_xray", None), ("mimic_cxr", "runlocal")):
-        mkmia, r2gen = (importlib.import_module(f"experiments.report.{name}_{dataset}")
-                        for name in ("mkmia", "r2gen"))
-        ours, base = mkmia.get_config(arg).to_dict(), r2gen.get_config(arg).to_dict()
-        assert ours["task"] == "mkmia"
-        for section in ("optim", "model", "data", "eval", "checkpoint", "mesh"):
-            assert {k: ours[section][k] for k in base[section]} == base[section], section
-        for key in ("total_steps", "batch_size", "seed", "eval_every"):
-            assert ours[key] == base[key], key
-    config = mkmia.get_config("no_dictionary,no_history,coarse_only")
-    assert (config.model.use_dictionary, config.model.use_history, config.model.alignment) == (
-        False, False, "coarse")
-    with pytest.raises(ValueError, match="unknown preset 'fine'"):
-        mkmia.get_config("fine")
-
-
 @pytest.mark.parametrize("key,value,match", [
     ("model.alignment", "fine", "'model.alignment'"),
     ("data.knowledge_len", 1, "'data.knowledge_len' = 1"),

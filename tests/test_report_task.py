@@ -157,3 +157,31 @@ def test_data_and_tensor_parallel_loss_equals_single_device():
         print("ok", losses["one"]["loss"])
     """)
     assert out.startswith("ok")
+
+
+@pytest.mark.parametrize("method, presets, fields", [
+    ("mkmia", "no_dictionary,no_history,coarse_only",
+     {"use_dictionary": False, "use_history": False, "alignment": "coarse"}),
+    ("nadm", "no_memory,no_decouple", {"abnormal_memory": False, "decouple": False}),
+])
+def test_method_configs_share_r2gen_settings_and_presets_switch_parts(method, presets, fields):
+    import importlib
+
+    for dataset, arg in (("cxr", None), ("iu_xray", None), ("mimic_cxr", "runlocal")):
+        derived, r2gen = (importlib.import_module(f"experiments.report.{name}_{dataset}")
+                          for name in (method, "r2gen"))
+        ours, base = derived.get_config(arg).to_dict(), r2gen.get_config(arg).to_dict()
+        assert ours["task"] == method
+        if method == "nadm":  # NADM's uncertainty weights are not decayed
+            assert tuple(ours["optim"].pop("wd_exclude")) == (
+                *base["optim"].pop("wd_exclude"), "^report_uncertainty$")
+        for section in ("optim", "model", "data", "eval", "checkpoint", "mesh"):
+            assert {k: ours[section][k] for k in base[section]} == base[section], section
+        for key in ("total_steps", "batch_size", "seed", "eval_every"):
+            assert ours[key] == base[key], key
+        config = derived.get_config(presets)
+        assert {k: config.model[k] for k in fields} == fields
+        assert all(derived.get_config(arg).model[k] != v for k, v in fields.items())
+        with pytest.raises(ValueError, match=f"{method}_{dataset}.py: unknown preset 'fine'"):
+            derived.get_config("fine")
+

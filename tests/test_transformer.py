@@ -49,11 +49,13 @@ def np_ln(x, p):
     return (x - mu) / np.sqrt(var + EPS) * p["scale"] + p["bias"]
 
 
-def np_mha(p, xq, xk, xv, mask=None):
+def np_mha(p, xq, xk, xv, mask=None, bias=None):
     q = np.einsum("btf,fhd->bthd", xq, p["query"]["kernel"]) + p["query"]["bias"]
     k = np.einsum("btf,fhd->bthd", xk, p["key"]["kernel"]) + p["key"]["bias"]
     v = np.einsum("btf,fhd->bthd", xv, p["value"]["kernel"]) + p["value"]["bias"]
     logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + bias
     if mask is not None:
         logits = np.where(np.asarray(mask, bool), logits, -np.inf)
     w = np.exp(logits - logits.max(-1, keepdims=True))
@@ -78,12 +80,12 @@ def np_encoder_layer(p, x, mask, pos, norm_first):
     return np_ln(x + np_mlp(p["mlp"], x), p["norm2"])
 
 
-def np_decoder_layer(p, t, m, self_mask, cross_mask, pos, qpos, norm_first):
+def np_decoder_layer(p, t, m, self_mask, cross_mask, pos, qpos, norm_first, cross_bias=None):
     def sa(h):
         return np_mha(p["self_attn"], h + qpos, h + qpos, h, self_mask)
 
     def ca(h):
-        return np_mha(p["cross_attn"], h + qpos, m + pos, m, cross_mask)
+        return np_mha(p["cross_attn"], h + qpos, m + pos, m, cross_mask, cross_bias)
 
     if norm_first:
         t = t + sa(np_ln(t, p["norm1"]))
@@ -139,6 +141,12 @@ def test_decoder_layer_pre_and_post_ln_match_numpy(data):
     run = jax.jit(lambda p: (post.apply({"params": p}, *args), pre.apply({"params": p}, *args)))
     for out, norm_first in zip(run(params), (False, True)):
         ref = np_decoder_layer(f64(params), *f64(args[:2]), *args[2:], norm_first)
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+    bias = np.random.default_rng(3).normal(size=(B, NHEAD, T, S)).astype(np.float32) * 2.0
+    for layer, norm_first in ((post, False), (pre, True)):  # cross_bias: added to the logits
+        out = jax.jit(lambda p, b: layer.apply({"params": p}, *args, cross_bias=b))(params, bias)
+        ref = np_decoder_layer(f64(params), *f64(args[:2]), *args[2:], norm_first, bias)
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 

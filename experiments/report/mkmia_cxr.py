@@ -6,24 +6,31 @@ mkmia.py: knowledge fusion of dictionary and prior report, multilevel alignment,
 Run:       ./launch.sh experiments/report/mkmia_cxr.py
 Smoke:     ./launch.sh experiments/report/mkmia_cxr.py:runlocal  (a few steps)
 Ablations: :no_dictionary | :no_history | :coarse_only (comma-separated, e.g. :runlocal,no_history)
-Result:    not measured yet (a 3000-step run goes into the README's report results table).
+Result:    see the README's report results table (./launch.sh bench report_cxr mkmia).
 """
 
 from experiments.report.r2gen_cxr import get_config as r2gen_config
-from mlx_research.train.tasks.mkmia import config_from_report
+from mlx_research.train.config import parse_presets
+from mlx_research.train.tasks.report import config_from_report
 
 PRESETS = ("runlocal", "no_dictionary", "no_history", "coarse_only")
 
 
-def get_config(arg: str | None = None):
-    """arg: comma-separated presets: "runlocal" | "no_dictionary" | "no_history" |
-    "coarse_only" (coarse alignment only: no region-word KL)."""
-    items = [item for item in (arg or "").split(",") if item]
-    for item in items:
-        if item not in PRESETS:
-            raise ValueError(f"mkmia_cxr.py: unknown preset {item!r} (known: {', '.join(PRESETS)})")
-    config = config_from_report(r2gen_config("runlocal" if "runlocal" in items else None))
+def from_r2gen(r2gen_get_config, arg: str | None, source: str):
+    """MKMIA on the settings of an R2Gen experiment (``r2gen_get_config``, its get_config) with the
+    presets of ``arg``: "runlocal" | "no_dictionary" | "no_history" | "coarse_only" (coarse
+    alignment only: no region-word KL); ``source`` names the file in errors."""
+    items = parse_presets(arg, PRESETS, source)
+    base = r2gen_get_config("runlocal" if "runlocal" in items else None)
+    config = config_from_report("mkmia", base)
     config.model.use_dictionary = "no_dictionary" not in items
     config.model.use_history = "no_history" not in items
     config.model.alignment = "coarse" if "coarse_only" in items else "multilevel"
+    if "runlocal" in items:
+        config.model.align_dim = 32
     return config
+
+
+def get_config(arg: str | None = None):
+    """arg: comma-separated presets (see `from_r2gen`)."""
+    return from_r2gen(r2gen_config, arg, "mkmia_cxr.py")

@@ -11,24 +11,10 @@ Ablations: :no_dictionary | :no_history | :coarse_only (comma-separated)
 Result: not measured here (the dataset is not distributed with the code).
 """
 
+from experiments.report.mkmia_cxr import from_r2gen
 from experiments.report.r2gen_iu_xray import get_config as r2gen_config
-from mlx_research.train.tasks.mkmia import config_from_report
-
-PRESETS = ("runlocal", "no_dictionary", "no_history", "coarse_only")
 
 
 def get_config(arg: str | None = None):
-    """arg: comma-separated presets: "runlocal" | "no_dictionary" | "no_history" |
-    "coarse_only" (coarse alignment only: no region-word KL)."""
-    items = [item for item in (arg or "").split(",") if item]
-    for item in items:
-        if item not in PRESETS:
-            raise ValueError(f"mkmia_iu_xray.py: unknown preset {item!r} "
-                             f"(known: {', '.join(PRESETS)})")
-    config = config_from_report(r2gen_config("runlocal" if "runlocal" in items else None))
-    config.model.use_dictionary = "no_dictionary" not in items
-    config.model.use_history = "no_history" not in items
-    config.model.alignment = "coarse" if "coarse_only" in items else "multilevel"
-    if "runlocal" in items:
-        config.model.align_dim = 32
-    return config
+    """arg: comma-separated presets: "runlocal" | "no_dictionary" | "no_history" | "coarse_only"."""
+    return from_r2gen(r2gen_config, arg, "mkmia_iu_xray.py")

@@ -1,50 +1,40 @@
-"""NADM from scratch on the built-in synthetic chest X-ray studies (two views per study), with the
-model size, optimiser, batch and steps of r2gen_cxr.py (so the two compare at equal steps).
+"""NADM from scratch on the built-in synthetic chest X-ray studies (two views per study). Model
+size, optimiser, batch, steps, data and evaluation are r2gen_cxr.py's (taken from it), so the two
+compare at equal steps; NADM's own fields are the task defaults (mlx_research/train/tasks/nadm.py:
+memory of twice the patch features, reference semantic heads, ASL and uncertainty weights).
 
-Run:     ./launch.sh experiments/report/nadm_cxr.py
-Smoke:   ./launch.sh experiments/report/nadm_cxr.py:runlocal  (a few steps)
-Ablations: :no_memory (no abnormal memory, no L_m), :no_decouple (plain token cross-entropy,
-         no semantic heads); presets combine with commas (e.g. :no_memory,runlocal).
-Result:  see the README's report results table.
+Run:       ./launch.sh experiments/report/nadm_cxr.py
+Smoke:     ./launch.sh experiments/report/nadm_cxr.py:runlocal  (a few steps)
+Ablations: :no_memory | :no_decouple (comma-separated, e.g. :runlocal,no_memory)
+Result:    see the README's report results table (./launch.sh bench report_cxr nadm).
 """
 
-from mlx_research.nn.regularization import DEFAULT_EXCLUDE
-from mlx_research.train.config import default_config
+from experiments.report.r2gen_cxr import get_config as r2gen_config
+from mlx_research.train.config import parse_presets
+from mlx_research.train.tasks.report import config_from_report
+
+PRESETS = ("runlocal", "no_memory", "no_decouple")
+
+
+def from_r2gen(r2gen_get_config, arg: str | None, source: str):
+    """NADM on the settings of an R2Gen experiment (``r2gen_get_config``, its get_config) with the
+    presets of ``arg``: "runlocal" | "no_memory" (no abnormal memory, no L_m) | "no_decouple"
+    (plain token cross-entropy, no semantic heads); ``source`` names the file in errors."""
+    items = parse_presets(arg, PRESETS, source)
+    base = r2gen_get_config("runlocal" if "runlocal" in items else None)
+    config = config_from_report("nadm", base)
+    config.optim.wd_exclude = (*config.optim.wd_exclude, "^report_uncertainty$")
+    config.model.abnormal_memory = "no_memory" not in items
+    config.model.decouple = "no_decouple" not in items
+    if "runlocal" in items:
+        config.model.update(semantic_topk=8, semantic_layers=1)
+    return config
 
 
 def get_config(arg: str | None = None):
-    """arg: comma-separated presets: "no_memory" | "no_decouple" | "runlocal"."""
-    config = default_config("nadm")
-    config.total_steps = 3000
-    config.batch_size = 16
-    config.log_every = 50
-    config.eval_every = 1000
-    config.write_images = True
-    config.checkpoint.every_steps = 500
-    config.optim.update(name="adamw", lr=5e-4, weight_decay=1e-4, warmup_steps=200,
-                        schedule="cosine", grad_clip_norm=1.0,
-                        wd_exclude=(*DEFAULT_EXCLUDE, "^report_uncertainty$"))
-    config.model.update(backbone="small_cnn", small_cnn_features=(32, 64, 128), d_model=128,
-                        d_ff=256, num_heads=4, num_layers=2, dropout=0.1, rm_num_slots=3,
-                        rm_num_heads=4, rm_d_model=128)
-    # NADM: 2 x 121 patch features per study -> 484 memory entries; reference heads and losses.
+    """arg: comma-separated presets (see `from_r2gen`)."""
+    config = from_r2gen(r2gen_config, arg, "nadm_cxr.py")
     # Memory matching by scipy through a host callback: on this 2-core CPU it costs ~0.1 s a
     # step against ~1.2 s for the on-device Hungarian (--config.model.matcher=device on GPU/TPU).
-    config.model.update(abnormal_memory=True, memory_size=-1, matcher="scipy", decouple=True,
-                        semantic_topk=25, semantic_layers=3, uncertainty_form="liebel")
-    config.data.update(dataset="synthetic", image_size=96, resize=96, crop=88, hflip=False)
-    config.eval.update(num_examples=500, batch_size=50, beam_size=3)
-
-    for item in filter(None, (arg or "").split(",")):
-        if item == "no_memory":
-            config.model.abnormal_memory = False
-        elif item == "no_decouple":
-            config.model.decouple = False
-        elif item == "runlocal":
-            config.total_steps, config.log_every, config.eval_every = 4, 2, 4
-            config.checkpoint.every_steps = 4
-            config.eval.update(num_examples=8, batch_size=8, beam_size=2)
-        else:
-            raise ValueError(f"nadm_cxr.py: unknown preset {item!r} "
-                             "(known: no_memory, no_decouple, runlocal)")
+    config.model.matcher = "scipy"
     return config

@@ -208,6 +208,7 @@ class TransformerDecoderLayer(_LayerBase):
         deterministic: bool = True,
         *,
         decode: bool = False,
+        cross_bias: Array | None = None,
     ) -> Array:
         """Decodes ``tgt`` attending to ``memory``.
 
@@ -225,6 +226,8 @@ class TransformerDecoderLayer(_LayerBase):
             ``T_max`` creates the cache, then each call takes one position (``T = 1``) and
             ``self_mask`` broadcasts to ``[B, H, 1, T_max]`` (e.g. key padding; positions after
             the current one are masked by the cache) and ``query_pos`` is that position's.
+          cross_bias: float broadcastable to ``[B, H, T, S]``, added to the cross-attention
+            logits (e.g. a spatial prior), or None.
 
         Returns:
           ``[B, T, D]``.
@@ -246,6 +249,7 @@ class TransformerDecoderLayer(_LayerBase):
                 _with_pos(h, query_pos),
                 memory_keys,
                 cross_mask,
+                cross_bias,
                 inputs_v=memory,
                 deterministic=deterministic,
             )

@@ -189,6 +189,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     get_task(config.task).validate_config(config)
 
 
+def parse_presets(arg: str | None, known: tuple[str, ...], source: str) -> list[str]:
+    """The presets of an experiment argument ("a,b" after the config file's ":"), each one of
+    `known`; an unknown one raises ValueError naming `source` (the config file) and the choices."""
+    items = [item for item in (arg or "").split(",") if item]
+    for item in items:
+        if item not in known:
+            raise ValueError(f"{source}: unknown preset {item!r} (known: {', '.join(known)})")
+    return items
+
+
 def check_batch_divisible(config: ml_collections.ConfigDict, divisor: int, what: str) -> None:
     """Raises ConfigError unless the micro-batch (batch_size / grad_accum_steps) and
     eval.batch_size are multiples of `divisor` (`what` names it, e.g. "the 8 data devices")."""

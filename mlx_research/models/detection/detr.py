@@ -88,52 +88,6 @@ def feature_mask(image_hw: jax.Array, feature_hw: tuple[int, int], stride: int) 
             & (cols[None, None, :] < image_hw[:, 1, None, None]))
 
 
-class ModulatedDecoderLayer(TransformerDecoderLayer):
-    """``TransformerDecoderLayer`` (same parameters and names) whose cross-attention logits get
-    an additive bias."""
-
-    @nn.compact
-    def __call__(self, tgt: jax.Array, memory: jax.Array, cross_bias: jax.Array,
-                 cross_mask: jax.Array, pos: jax.Array, query_pos: jax.Array,
-                 deterministic: bool = True, self_mask: jax.Array | None = None) -> jax.Array:
-        """Decodes ``tgt`` attending to ``memory``.
-
-        Args:
-          tgt: [B, Q, D] query content.
-          memory: [B, S, D] encoder output.
-          cross_bias: [B, H, Q, S] float added to the cross-attention logits.
-          cross_mask: bool broadcastable to [B, H, Q, S] (memory padding).
-          pos: [B, S, D] memory positions (added to keys).
-          query_pos: [B, Q, D] query positions (added to queries and self-attention keys).
-          deterministic: disables dropout.
-          self_mask: bool broadcastable to [B, H, Q, Q], or None.
-
-        Returns:
-          [B, Q, D].
-        """
-        self_attn, cross_attn = self._attention("self_attn"), self._attention("cross_attn")
-        norm1, norm2, norm3 = self._norm("norm1"), self._norm("norm2"), self._norm("norm3")
-        mlp = self._mlp()
-
-        def self_attention(h):
-            return self_attn(h + query_pos, h + query_pos, self_mask, inputs_v=h,
-                             deterministic=deterministic)
-
-        def cross_attention(h):
-            return cross_attn(h + query_pos, memory + pos, cross_mask, cross_bias, inputs_v=memory,
-                              deterministic=deterministic)
-
-        if self.norm_first:
-            tgt = self._residual(tgt, self_attention(norm1(tgt)), deterministic)
-            tgt = self._residual(tgt, cross_attention(norm2(tgt)), deterministic)
-            tgt = self._residual(tgt, mlp(norm3(tgt), deterministic), deterministic)
-        else:
-            tgt = norm1(self._residual(tgt, self_attention(tgt), deterministic))
-            tgt = norm2(self._residual(tgt, cross_attention(tgt), deterministic))
-            tgt = norm3(self._residual(tgt, mlp(tgt, deterministic), deterministic))
-        return nn.with_logical_constraint(tgt, ("batch", "length", "embed"))
-
-
 class SpatiallyModulatedDecoder(nn.Module):
     """DETR's decoder with SMCA's spatial prior (Gao et al. 2021, single scale, shared centre).
 
@@ -172,9 +126,9 @@ class SpatiallyModulatedDecoder(nn.Module):
             spread = jnp.maximum(spread, 1e-3)  # finite bias when the sigmoid saturates
             spread = spread.reshape(*spread.shape[:2], heads, 2).transpose(0, 2, 1, 3)
             bias = -((offset / spread[:, :, :, None, :]) ** 2).sum(-1) / self.beta  # [B,H,Q,S]
-            tgt = ModulatedDecoderLayer(**self.layer_kwargs, name=f"layers_{i}")(
-                tgt, memory, bias.astype(memory.dtype), key_mask, pos, query_pos, deterministic,
-                self_mask)
+            tgt = TransformerDecoderLayer(**self.layer_kwargs, name=f"layers_{i}")(
+                tgt, memory, self_mask, key_mask, pos, query_pos, deterministic,
+                cross_bias=bias.astype(memory.dtype))
             outputs.append(norm(tgt))
         return jnp.stack(outputs), reference_logit
 

@@ -35,7 +35,7 @@ from mlx_research.losses.classification import cross_entropy
 from mlx_research.models.decoding import shift_right
 from mlx_research.models.report.alignment import coarse_alignment_losses, fine_alignment_kl
 from mlx_research.models.report.mkmia import ALIGNMENTS, KNOWLEDGE_FIELDS, MKMIA, generate
-from mlx_research.train.config import check_choices, check_ranges, default_config
+from mlx_research.train.config import check_choices, check_ranges
 from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import report
 
@@ -85,19 +85,6 @@ def dictionary_tokens(
 def _rows(array: np.ndarray) -> tuple:
     """A numpy array as nested tuples of ints (a hashable module attribute)."""
     return tuple(map(_rows, array)) if array.ndim > 1 else tuple(int(x) for x in array)
-
-
-def config_from_report(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """An MKMIA experiment config carrying every field of a report-task (R2Gen) config ``base``;
-    MKMIA's own fields keep their defaults. Configs built this way train MKMIA with exactly the
-    baseline's model size, optimiser, batch, steps, data and evaluation."""
-    config = default_config("mkmia")
-    for key, value in base.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            config[key].update(value)
-        elif key != "task":
-            config[key] = value
-    return config
 
 
 class Task(report.Task):
