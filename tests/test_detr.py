@@ -17,6 +17,7 @@ from mlx_research.testing import run_with_devices
 from mlx_research.train.errors import ConfigError
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.trainer import Trainer
+from tests.configs import override
 
 EOS_COEF = 0.1
 
@@ -31,13 +32,7 @@ def tiny_config(**overrides):
     config.data.update(image_size=64, shapes_image_size=64, max_boxes=4, shapes_max_objects=3)
     config.update(batch_size=2, total_steps=2, log_every=1, eval_every=2)
     config.eval.update(num_examples=4, batch_size=2)
-    for key, value in overrides.items():
-        *parents, last = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return config
+    return override(config, overrides)
 
 
 def _batch(num_images, seed=3, empty=()):

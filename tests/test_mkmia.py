@@ -24,6 +24,7 @@ from mlx_research.train.errors import ConfigError
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.tasks.mkmia import Task, dictionary_tokens
 from mlx_research.train.trainer import Trainer
+from tests.configs import override
 
 MAX_LEN, BATCH = 24, 8
 
@@ -44,13 +45,7 @@ def tiny_config(*presets, **overrides):
     config.checkpoint.every_steps = 2
     config.eval.update(num_examples=BATCH, batch_size=BATCH, beam_size=1, num_pictures=1,
                        meteor=False)
-    for key, value in overrides.items():
-        *parents, last = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return config
+    return override(config, overrides)
 
 
 # ------------------------------------------------------------------ numpy references

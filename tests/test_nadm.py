@@ -18,6 +18,7 @@ from scipy.special import log_softmax
 from mlx_research.models.report import nadm
 from mlx_research.models.report.abnormal_memory import abnormal_memory_loss, memory_assignment
 from mlx_research.testing import run_with_devices
+from tests.configs import override
 
 # ------------------------------------------------------------------ memory
 
@@ -234,13 +235,7 @@ def tiny_config(**overrides):
     config.update(batch_size=8, total_steps=2, log_every=1, eval_every=2)
     config.checkpoint.every_steps = 2
     config.eval.update(num_examples=6, batch_size=8, beam_size=1, num_pictures=2, meteor=False)
-    for key, value in overrides.items():
-        *parents, last = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[last] = value
-    return config
+    return override(config, overrides)
 
 
 def test_trains_evaluates_compiles_once_and_data_parallel_equals_single_device(tmp_path):

@@ -12,6 +12,7 @@ from mlx_research.testing import run_with_devices
 from mlx_research.train.errors import ConfigError
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.trainer import Trainer
+from tests.configs import override
 
 
 def tiny_config(**overrides):
@@ -24,13 +25,7 @@ def tiny_config(**overrides):
     config.update(batch_size=4, total_steps=2, log_every=1, eval_every=2)
     config.checkpoint.every_steps = 2
     config.eval.update(num_examples=6, batch_size=4, beam_size=2, num_pictures=2, meteor=False)
-    for key, value in overrides.items():
-        *parents, last = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return config
+    return override(config, overrides)
 
 
 def _eval_rows(workdir, step):

@@ -20,6 +20,7 @@ from mlx_research.testing import run_with_devices
 from mlx_research.train.errors import ConfigError
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.trainer import Trainer
+from tests.configs import override
 
 S, B, C = 4, 2, 3
 HW = (64, 96)  # (H, W): cells are 16 x 24 pixels
@@ -220,13 +221,7 @@ def tiny_config(**overrides):
     config.data.update(image_size=64, max_boxes=4, shapes_max_objects=3)
     config.update(batch_size=2, total_steps=2, log_every=1, eval_every=2, write_images=False)
     config.eval.update(num_examples=4, batch_size=2)
-    for key, value in overrides.items():
-        *parents, last = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return config
+    return override(config, overrides)
 
 
 def test_config_errors_name_the_key(tmp_path):
