@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mlx_research.data.pipeline import make_train_iterator
+from mlx_research.prng import step_key
 from mlx_research.train import config as config_lib
 from mlx_research.train.init_from import save_variables
 from mlx_research.train.metrics import read_metrics
@@ -187,9 +188,10 @@ def test_gradient_accumulation_equals_full_batch_gradient(tmp_path, accum):
     trainer.close()
 
 
-def test_dropout_rng_differs_per_step_and_replays_on_resume(tmp_path):
+@pytest.mark.parametrize("rng_impl", ["threefry2x32", "hash32"])
+def test_dropout_rng_differs_per_step_and_replays_on_resume(tmp_path, rng_impl):
     def codes(workdir, total_steps):
-        config = tiny_config(total_steps=total_steps, log_every=1)
+        config = tiny_config(total_steps=total_steps, log_every=1, rng_impl=rng_impl)
         config = _as_task(config, "tests.probe_task")
         config.checkpoint.every_steps = 3
         trainer = Trainer(config, str(workdir))
@@ -203,6 +205,10 @@ def test_dropout_rng_differs_per_step_and_replays_on_resume(tmp_path):
     codes(tmp_path / "resumed", 3)
     resumed = codes(tmp_path / "resumed", 6)  # resumes from the step-3 checkpoint
     assert {s: resumed[s] for s in (4, 5, 6)} == {s: straight[s] for s in (4, 5, 6)}
+    # the bits are the configured generator's (the probe draws them in the loss)
+    key = step_key(jax.random.fold_in(jax.random.split(jax.random.PRNGKey(0))[1], 0), rng_impl)
+    bits = np.asarray(jax.random.bernoulli(key, 0.5, (20,)), np.float64)
+    assert straight[1] == float(np.sum(bits * 2.0 ** np.arange(20)))
 
 
 def _as_task(config, task):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mlx_research.prng import step_key
 from mlx_research.train.state import TrainState
 from mlx_research.train.tasks.base import Batch, Task
 
@@ -72,19 +73,21 @@ def make_train_step(
     tx: optax.GradientTransformation,
     learning_rates: Callable[[jax.Array], dict[str, jax.Array]],
     accum_steps: int = 1,
+    rng_impl: str = "threefry2x32",
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """One optimizer update on the full-batch gradient (see `loss_and_grads`).
 
     `learning_rates(step)` gives the logged learning rate of each parameter group. Dropout and
     other random numbers come from fold_in(state.rng, state.step): different at every step, the
-    same for a step replayed after a resume.
+    same for a step replayed after a resume; ``rng_impl`` (`mlx_research.prng.RNG_IMPLS`) is the
+    generator that turns that key into bits.
 
     A step whose loss, gradients or updated parameters are not finite changes nothing but
     `bad_step`, and every later step is skipped too, so the state stays the last good one.
     """
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        rng = jax.random.fold_in(state.rng, state.step)
+        rng = step_key(jax.random.fold_in(state.rng, state.step), rng_impl)
         loss, grads, metrics, model_state = loss_and_grads(
             task, state.params, state.model_state, batch, rng, accum_steps
         )

@@ -108,7 +108,8 @@ class Trainer:
         self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
         learning_rates = lambda step: group_learning_rates(config.optim, self.schedule, step)
         self.train_step = jax.jit(
-            make_train_step(self.task, self.tx, learning_rates, config.grad_accum_steps),
+            make_train_step(self.task, self.tx, learning_rates, config.grad_accum_steps,
+                            config.rng_impl),
             in_shardings=(self.state_shardings, self.batch_sharding),
             out_shardings=(self.state_shardings, replicated),
             donate_argnums=0,
