@@ -47,6 +47,18 @@ def _init_distributed() -> None:
         jax.distributed.initialize()
 
 
+def _compilation_cache() -> None:
+    """Persistent XLA compilation cache for every run: $MLX_COMPILATION_CACHE, by default
+    ~/.cache/mlx_research/xla (an empty value turns it off). A rerun or resume of the same
+    experiment then skips the compilation of its train and eval steps."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    path = os.environ.get("MLX_COMPILATION_CACHE",
+                          os.path.join(os.path.expanduser("~"), ".cache", "mlx_research", "xla"))
+    if path:
+        jax.config.update("jax_compilation_cache_dir", path)
+
+
 PREEMPTED = 75  # exit status of a run stopped by SIGTERM / Ctrl-C after saving (EX_TEMPFAIL)
 
 
@@ -74,6 +86,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.mode == "eval" and not os.path.isdir(os.path.join(FLAGS.workdir, "checkpoints")):
         _fail(f"no checkpoint to evaluate in {os.path.join(FLAGS.workdir, 'checkpoints')}")
     _init_distributed()
+    _compilation_cache()
     import jax  # pylint: disable=import-outside-toplevel
     from mlx_research.train import checkpoint, errors, trainer, workdir_lock  # pylint: disable=import-outside-toplevel
 

@@ -258,15 +258,20 @@ def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
 
 
 def test_eval_mode_restores_a_chosen_step(tmp_path):
-    subprocess.run(main_cmd(tmp_path, total_steps=4, every=2), env=_env(), check=True,
-                   capture_output=True, cwd=REPO_ROOT)
+    cache = tmp_path / "xla_cache"  # main.py turns on the persistent compilation cache
+    workdir = tmp_path / "run"
+    subprocess.run(main_cmd(workdir, total_steps=4, every=2),
+                   env=dict(_env(), MLX_COMPILATION_CACHE=str(cache),
+                            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"),
+                   check=True, capture_output=True, cwd=REPO_ROOT)
+    assert cache.is_dir() and any(cache.iterdir())
     out = subprocess.run(
-        main_cmd(tmp_path, "--mode=eval", "--step=2", "--eval=decode", total_steps=4, every=2),
+        main_cmd(workdir, "--mode=eval", "--step=2", "--eval=decode", total_steps=4, every=2),
         env=_env(), capture_output=True, text=True, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr
     assert "eval at step 2: decode/token_accuracy" in out.stdout
-    assert any(r["step"] == 2 and "eval/decode/token_accuracy" in r for r in read_metrics(tmp_path))
-    out = subprocess.run(main_cmd(tmp_path, "--mode=eval", "--eval=nosuch", total_steps=4, every=2),
+    assert any(r["step"] == 2 and "eval/decode/token_accuracy" in r for r in read_metrics(workdir))
+    out = subprocess.run(main_cmd(workdir, "--mode=eval", "--eval=nosuch", total_steps=4, every=2),
                          env=_env(), capture_output=True, text=True, cwd=REPO_ROOT)
     assert out.returncode == 1
     assert out.stderr.strip() == "error: --eval=nosuch: the task's evaluators are decode"

@@ -79,6 +79,7 @@ class Seq2SeqTransformer(nn.Module):
     pad_id: int = 0
     pipeline: bool = False
     pipeline_microbatches: int = 1
+    attention_implementation: str = "xla"
     dtype: Any = jnp.float32
 
     def setup(self):
@@ -97,6 +98,7 @@ class Seq2SeqTransformer(nn.Module):
             dropout=self.dropout,
             norm_first=self.norm_first,
             dtype=self.dtype,
+            attention_implementation=self.attention_implementation,
         )
         if self.pipeline:
             micro = dict(num_microbatches=self.pipeline_microbatches)

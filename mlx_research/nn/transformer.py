@@ -110,6 +110,7 @@ class _LayerBase(nn.Module):
     norm_first: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention_implementation: str | None = None
 
     def _attention(self, name: str) -> MultiHeadAttention:
         return MultiHeadAttention(
@@ -119,6 +120,7 @@ class _LayerBase(nn.Module):
             dropout_rate=self.dropout,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            implementation=self.attention_implementation,
             name=name,
         )
 
@@ -152,6 +154,8 @@ class TransformerEncoderLayer(_LayerBase):
       norm_first: pre-LN when True, post-LN otherwise.
       dtype: computation dtype.
       param_dtype: parameter dtype.
+      attention_implementation: ``jax.nn.dot_product_attention`` backend of the attention
+        without weight dropout: None / "xla", or "cudnn" (flash attention, GPU, bf16/fp16).
     """
 
     @nn.compact
@@ -279,6 +283,7 @@ class _StackBase(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     final_norm: bool | None = None
+    attention_implementation: str | None = None
 
     def _layer_kwargs(self) -> dict[str, Any]:
         names = (
@@ -291,6 +296,7 @@ class _StackBase(nn.Module):
             "norm_first",
             "dtype",
             "param_dtype",
+            "attention_implementation",
         )
         return {name: getattr(self, name) for name in names}
 

@@ -281,19 +281,20 @@ class Trainer:
         return scores
 
     # ------------------------------------------------------------------ training loop
+    def train_iterator(self):
+        """This process's training batches (numpy), from the start of the data order."""
+        c = self.config
+        return make_train_iterator(self.train_source, global_batch_size=c.batch_size,
+                                   seed=c.seed, transform=self.task.train_transform,
+                                   num_workers=c.data.num_workers)
+
     def train(self) -> TrainState:
         """Trains to `config.total_steps`, resuming from the workdir's latest checkpoint."""
         c = self.config
         state, data_state = self.initial_state()
         self.writer.write_config(c)  # only once the checkpoint (if any) accepted this config
         start = int(state.step)
-        it = make_train_iterator(
-            self.train_source,
-            global_batch_size=c.batch_size,
-            seed=c.seed,
-            transform=self.task.train_transform,
-            num_workers=c.data.num_workers,
-        )
+        it = self.train_iterator()
         if data_state is not None:
             it.set_state(data_state)
         progress = ProgressLogger(c.total_steps, start_step=start, every_steps=c.log_every)

@@ -60,6 +60,8 @@ class Task(base.Task):
                 norm_first=True,  # pre-LN (True) or post-LN (False) blocks
                 pipeline=False,  # stacked layers run as a GPipe pipeline over mesh axis "stage"
                 pipeline_microbatches=1,  # GPipe micro-batches per (data-parallel) batch
+                # attention without weight dropout (dropout 0 or eval): "xla" | "cudnn" (GPU)
+                attention_implementation="xla",
             )
         )
         c.data = ml_collections.ConfigDict(
@@ -85,7 +87,8 @@ class Task(base.Task):
 
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
-        check_choices(config, {"data.task": ("reverse", "sort", "copy")})
+        check_choices(config, {"data.task": ("reverse", "sort", "copy"),
+                               "model.attention_implementation": ("xla", "cudnn")})
         check_ranges(config, _RANGES)
         d, m = config.data, config.model
         if d.min_len > d.max_len:
