@@ -74,7 +74,8 @@ class Seq2Seq(nn.Module):
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         x = self.embed(src) + self.pe[: src.shape[1]]
         y = self.embed(tgt) + self.pe[: tgt.shape[1]]
-        causal = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1], device=tgt.device)
+        length = tgt.shape[1]  # bool masks throughout (True = not attended), as the padding
+        causal = torch.ones(length, length, dtype=torch.bool, device=tgt.device).triu(1)
         h = self.transformer(x, y, tgt_mask=causal, src_key_padding_mask=src == PAD_ID,
                              tgt_key_padding_mask=tgt == PAD_ID,
                              memory_key_padding_mask=src == PAD_ID, tgt_is_causal=True)
