@@ -256,3 +256,16 @@ def test_decoder_decode_cache_matches_causal_decoder(data):
         cache, out = step(cache, tgt[:, i : i + 1], qpos[:, i : i + 1])
         outs.append(out)
     np.testing.assert_allclose(np.concatenate(outs, axis=1), full(tgt), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_implementation_reaches_dot_product_attention():
+    """"xla" equals the default; "cudnn" reaches jax.nn.dot_product_attention, which refuses it
+    on a CPU (float32, no cuDNN), so the choice is passed through every layer of the stack."""
+    x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype(np.float32)
+    stack = functools.partial(TransformerEncoder, num_layers=2, d_model=8, nhead=2,
+                              dim_feedforward=16, dropout=0.0)
+    variables = stack().init(jax.random.key(0), x)
+    np.testing.assert_array_equal(stack(attention_implementation="xla").apply(variables, x),
+                                  stack().apply(variables, x))
+    with pytest.raises(Exception, match="(?i)cudnn|gpu|cuda|dtype"):
+        stack(attention_implementation="cudnn").apply(variables, x)
