@@ -51,8 +51,19 @@ def _sinusoid(length: int, width: int) -> torch.Tensor:
     return table
 
 
-def _shift_right(tokens: torch.Tensor, bos: int) -> torch.Tensor:
-    return torch.cat([torch.full_like(tokens[:, :1], bos), tokens[:, :-1]], dim=1)
+def _token_step(model: nn.Module, source, targets, optim, bos_id: int, device, bf16):
+    """AdamW on the mean token cross-entropy of ``model(source, BOS + targets[:, :-1])``."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=(optim.b1, optim.b2),
+                                  eps=optim.eps, weight_decay=optim.weight_decay)
+    decoder_inputs = torch.cat([torch.full_like(targets[:, :1], bos_id), targets[:, :-1]], dim=1)
+
+    def loss():
+        logits = model(source, decoder_inputs)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                               ignore_index=PAD_ID)
+
+    return _make_step(model, optimizer, loss, optim.grad_clip_norm, device, bf16)
 
 
 # ---------------------------------------------------------------- Transformer encoder-decoder
@@ -88,17 +99,7 @@ def transformer_step(batch: dict, model_config, optim, bos_id: int, vocab: int, 
     targets = torch.as_tensor(np.asarray(batch["targets"]), device=device).long()
     model = Seq2Seq(vocab, m.d_model, m.nhead, m.num_encoder_layers, m.num_decoder_layers,
                     m.dim_feedforward, m.dropout, max(inputs.shape[1], targets.shape[1])).to(device)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=(optim.b1, optim.b2),
-                                  eps=optim.eps, weight_decay=optim.weight_decay)
-    decoder_inputs = _shift_right(targets, bos_id)
-
-    def loss():
-        logits = model(inputs, decoder_inputs)
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                               ignore_index=PAD_ID)
-
-    return _make_step(model, optimizer, loss, optim.grad_clip_norm, device, bf16)
+    return _token_step(model, inputs, targets, optim, bos_id, device, bf16)
 
 
 # ---------------------------------------------------------------- ResNet classification
@@ -314,14 +315,5 @@ def r2gen_step(batch: dict, config, vocab: int, max_len: int, bos_id: int, devic
     images = torch.as_tensor(np.asarray(batch["image"]).transpose(0, 1, 4, 2, 3).copy(),
                              device=device)
     tokens = torch.as_tensor(np.asarray(batch["tokens"]), device=device).long()
-    model = R2Gen(m, vocab, max_len, images.shape[2]).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
-                                  weight_decay=o.weight_decay)
-    decoder_inputs = _shift_right(tokens, bos_id)
-
-    def loss():
-        logits = model(images, decoder_inputs)
-        return F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(),
-                               ignore_index=PAD_ID)
-
-    return _make_step(model, optimizer, loss, o.grad_clip_norm, device, bf16)
+    model = R2Gen(m, vocab, max_len, images.shape[2]).to(device)
+    return _token_step(model, images, tokens, o, bos_id, device, bf16)
