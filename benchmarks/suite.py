@@ -7,8 +7,9 @@ performance section (between ``<!-- suite:begin -->`` and ``<!-- suite:end -->``
 suite_*.json present, so GPU figures join the CPU ones once a GPU run has been made.
 
 Cases (train steps; ours is the trainer's jitted step or, for the ResNets, an equivalent jitted
-classification step; PyTorch's is `benchmarks/torch_twins.py`, eager, same shapes, optimizer and
-loss, measured in this process, alternating the two after warm-up; the median of ``--reps``):
+classification step; ours draws its dropout masks with ``rng_impl="hash32"``; PyTorch's is
+`benchmarks/torch_twins.py`, eager, same shapes, optimizer and loss, measured in this process,
+alternating the two after warm-up; the median of ``--reps``):
 
 - ``transformer``: the seq2seq encoder-decoder, d 512, 8 heads, 2 + 2 layers, FFN 2048, dropout
   0.1, batch 16 x 128 tokens, vocabulary 1024, AdamW, clipping 1.0.
