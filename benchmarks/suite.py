@@ -330,9 +330,9 @@ def run_case(name: str, reps: int, peak: float) -> dict:
         "compile_s": ours.compile_s, "memory_bytes": _peak_memory(ours),
         "op_time_shares": op_categories(ours),
     }
-    if trainer is not None and "attention_implementation" in trainer.config.model:
-        result["attention"] = trainer.config.model.attention_implementation
     if trainer is not None:
+        if "attention_implementation" in trainer.config.model:
+            result["attention"] = trainer.config.model.attention_implementation
         trainer.close()
     print(json.dumps(result), flush=True)
     return result
@@ -344,6 +344,9 @@ def _peak_memory(step: CompiledStep) -> int | None:
         step.memory_bytes
 
 
+PIPELINE_CHUNK = 5  # steps timed together: more than the 2 batches the iterator prefetches
+
+
 def pipeline(reps: int) -> dict:
     """Steps with the real input pipeline (next batch prepared while the step runs, as the
     trainer's loop) against the same cached batch, for the detection and report experiments."""
@@ -353,16 +356,17 @@ def pipeline(reps: int) -> dict:
         step, trainer, _ = trainer_step(_configs()[name])
         sharding = trainer.batch_sharding
 
-        def real(k=5):
-            for _ in range(k):
+        def real():
+            for _ in range(PIPELINE_CHUNK):
                 step(to_global_batch(next(step.iterator), sharding))
 
-        def cached(k=5):
-            for _ in range(k):
+        def cached():
+            for _ in range(PIPELINE_CHUNK):
                 step()
 
         times = alternate({"real": real, "cached": cached}, warmup=1, reps=reps)
-        out[name] = {"real_s": times["real"] / 5, "cached_s": times["cached"] / 5,
+        out[name] = {"real_s": times["real"] / PIPELINE_CHUNK,
+                     "cached_s": times["cached"] / PIPELINE_CHUNK,
                      "slowdown": times["real"] / times["cached"] - 1.0}
         trainer.close()
         print(json.dumps(out[name]), flush=True)

@@ -260,7 +260,7 @@ def test_decoder_decode_cache_matches_causal_decoder(data):
 
 def test_attention_implementation_reaches_dot_product_attention():
     """"xla" equals the default; "cudnn" reaches jax.nn.dot_product_attention, which refuses it
-    on a CPU (float32, no cuDNN), so the choice is passed through every layer of the stack."""
+    on a CPU (float32, no cuDNN), so the stack passes the choice down to its layers."""
     x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype(np.float32)
     stack = functools.partial(TransformerEncoder, num_layers=2, d_model=8, nhead=2,
                               dim_feedforward=16, dropout=0.0)
