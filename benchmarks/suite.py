@@ -93,8 +93,8 @@ def describe_machine(xla_flags: str) -> dict:
     return info
 
 
-def alternate(fns: dict, warmup: int, reps: int) -> dict[str, float]:
-    """Median seconds of each blocking callable over ``reps`` rounds that call them in turn."""
+def rounds(fns: dict, warmup: int, reps: int) -> dict[str, np.ndarray]:
+    """Seconds of each blocking callable in each of ``reps`` rounds that call them in turn."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -104,7 +104,12 @@ def alternate(fns: dict, warmup: int, reps: int) -> dict[str, float]:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return {name: np.array(t) for name, t in times.items()}
+
+
+def alternate(fns: dict, warmup: int, reps: int) -> dict[str, float]:
+    """Median seconds of each blocking callable over ``reps`` rounds that call them in turn."""
+    return {name: float(np.median(t)) for name, t in rounds(fns, warmup, reps).items()}
 
 
 def matmul_peak(reps: int) -> dict:
@@ -349,12 +354,19 @@ PIPELINE_CHUNK = 5  # steps timed together: more than the 2 batches the iterator
 
 def pipeline(reps: int) -> dict:
     """Steps with the real input pipeline (next batch prepared while the step runs, as the
-    trainer's loop) against the same cached batch, for the detection and report experiments."""
+    trainer's loop) against the same cached batch, for the detection and report experiments.
+    The slowdown is the median over 3 * ``reps`` rounds of each round's real / cached time (a
+    shared machine's drift moves both sides of a round alike). Also the host's CPU time per
+    batch (all threads, with no step running): what the pipeline takes from the step's cores."""
     out = {}
     for name in ("faster_rcnn", "r2gen"):
         print(f"[suite] pipeline {name}", flush=True)
         step, trainer, _ = trainer_step(_configs()[name])
         sharding = trainer.batch_sharding
+        start = time.process_time()
+        for _ in range(4 * PIPELINE_CHUNK):
+            next(step.iterator)
+        host_s = (time.process_time() - start) / (4 * PIPELINE_CHUNK)
 
         def real():
             for _ in range(PIPELINE_CHUNK):
@@ -364,10 +376,11 @@ def pipeline(reps: int) -> dict:
             for _ in range(PIPELINE_CHUNK):
                 step()
 
-        times = alternate({"real": real, "cached": cached}, warmup=1, reps=reps)
-        out[name] = {"real_s": times["real"] / PIPELINE_CHUNK,
-                     "cached_s": times["cached"] / PIPELINE_CHUNK,
-                     "slowdown": times["real"] / times["cached"] - 1.0}
+        times = rounds({"real": real, "cached": cached}, warmup=1, reps=3 * reps)
+        out[name] = {"real_s": float(np.median(times["real"])) / PIPELINE_CHUNK,
+                     "cached_s": float(np.median(times["cached"])) / PIPELINE_CHUNK,
+                     "slowdown": float(np.median(times["real"] / times["cached"])) - 1.0,
+                     "host_cpu_s_per_batch": host_s}
         trainer.close()
         print(json.dumps(out[name]), flush=True)
     return out
@@ -455,7 +468,8 @@ def render(results: list[dict]) -> str:
         if r.get("pipeline"):
             lines += ["", "Input pipeline (real pipeline vs cached batch, per step): " + "; ".join(
                 f"{k} {v['real_s'] * 1e3:.0f} vs {v['cached_s'] * 1e3:.0f} ms "
-                f"({v['slowdown']:+.1%})" for k, v in r["pipeline"].items()) + "."]
+                f"({v['slowdown']:+.1%}; host CPU {v['host_cpu_s_per_batch'] * 1e3:.0f} ms "
+                "per batch)" for k, v in r["pipeline"].items()) + "."]
         if r.get("rng"):
             lines += ["", "Dropout masks from `rng_impl=\"hash32\"` instead of threefry: " + "; ".join(
                 f"{k} {v['threefry_s'] * 1e3:.0f} -> {v['hash32_s'] * 1e3:.0f} ms "

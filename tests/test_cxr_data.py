@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlx_research.data import cxr, knowledge
+from mlx_research.data import cxr, cxr_render, knowledge
 from mlx_research.data.cxr import FINDINGS, SyntheticCXR, render_views
 from mlx_research.data.knowledge import TAGS, default_knowledge, load_knowledge, token_tags
 from mlx_research.data.r2gen import clean_report
+from mlx_research.data.reports import SyntheticStudies
 from mlx_research.evaluation.clinical import CHEXPERT_LABELS, label_report
 
 S = 128
@@ -27,6 +28,10 @@ def test_studies_are_deterministic_and_splits_hold_different_patients():
     for i in range(6):
         assert a.study(i) == b.study(i)
         np.testing.assert_array_equal(a.images(i), b.images(i))
+    for i in (5, 0, 5, 3, 1):  # whatever was asked before: the study's own draw
+        b.study((i + 2) % 6)
+        assert b.study(i) == a.study(i) and b._draw(i) == a._draw_new(i)
+        np.testing.assert_array_equal(b.images(i), a.images(i))
     other_seed = SyntheticCXR(6, seed=4, image_size=64)
     assert any(not np.array_equal(a.images(i), other_seed.images(i)) for i in range(6))
     studies = {split: [SyntheticCXR(40, seed=3, split=split).study(i) for i in range(40)]
@@ -217,6 +222,47 @@ def test_site_marker_and_rendering_time():
     per_view = (time.perf_counter() - start) / 80
     print(f"rendering: {per_view * 1e3:.2f} ms per {S}x{S} view")
     assert per_view < 0.02  # ~1-2 ms on an idle core; loose for a shared CI machine
+
+
+def test_synthetic_studies_give_each_index_its_own_parts():
+    kwargs = dict(seed=3, image_size=64, views=2, normal_fraction=0.3, prior_fraction=0.5)
+    studies, data = SyntheticStudies(6, split="train", **kwargs), SyntheticCXR(6, **kwargs)
+    for i in (4, 1, 4, 0, 5):
+        study = data.study(i)
+        prior = clean_report(study["prior_report"], "iu_xray") if study["prior_report"] else ""
+        assert studies.study_id(i) == study["id"] and studies.prior(i) == prior
+        assert studies.cleaned(i) == clean_report(study["report"], "iu_xray")
+        assert studies.reference_labels(i) == study["chexpert"]
+        np.testing.assert_array_equal(np.stack(studies.images(i))[..., 0], data.images(i))
+
+
+@pytest.mark.parametrize("size", [33, 96])
+def test_shapes_drawn_in_their_window_equal_the_formula_on_every_pixel(size):
+    """The renderer evaluates ellipses and segments only inside a window around them; pasted into
+    the image they must equal the formula evaluated (in float64) at every pixel, on shifted and
+    scaled grids and for shapes that leave the image."""
+    rng = np.random.default_rng(size)
+    x0, y0 = cxr_render._grid(size)
+    for _ in range(40):
+        dx, dy, scale = rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02), rng.uniform(0.95, 1.05)
+        x = (0.5 + (x0 - 0.5 - dx) / scale).astype(np.float32)
+        y = (0.5 + (y0 - 0.5 - dy) / scale).astype(np.float32)
+        xx, yy = x.astype(np.float64), y.astype(np.float64)
+        cx, cy = rng.uniform(-0.1, 1.1, 2)
+        ax, ay = rng.uniform(0.02, 0.5, 2)
+        soft, power = rng.uniform(0.02, 0.2), rng.choice([2.0, 2.4, 3.5])
+        d = (np.abs((xx - cx) / ax) ** power + np.abs((yy - cy) / ay) ** power) ** (1 / power)
+        expected = np.clip((1 - d) / soft, 0, 1)
+        got = cxr_render._full(x, y, cxr_render._ellipse(x, y, cx, cy, ax, ay, soft, power))
+        np.testing.assert_allclose(got, expected, atol=2e-4)
+        p, q = rng.uniform(-0.1, 1.1, 2), rng.uniform(-0.1, 1.1, 2)
+        width = rng.uniform(0.003, 0.03)
+        v = q - p
+        t = np.clip(((xx - p[0]) * v[0] + (yy - p[1]) * v[1]) / (v @ v), 0, 1)
+        dist = np.hypot(xx - p[0] - t * v[0], yy - p[1] - t * v[1])
+        expected = np.clip(2 - dist / width, 0, 1)
+        got = cxr_render._full(x, y, cxr_render._segment(x, y, tuple(p), tuple(q), width))
+        np.testing.assert_allclose(got, expected, atol=2e-4)
 
 
 # ---------------------------------------------------------------- knowledge and token tags

@@ -223,6 +223,7 @@ class SyntheticCXR:
         self.num_studies, self.image_size, self.views = num_studies, image_size, views
         self.seed, self.split = seed, split
         self.normal_fraction, self.prior_fraction = normal_fraction, prior_fraction
+        self._last_draw = (None, None)  # study() and images() of one index draw once
 
     def __len__(self) -> int:
         return self.num_studies
@@ -232,7 +233,14 @@ class SyntheticCXR:
         return np.random.default_rng([self.seed, _SPLITS[self.split], index, stream])
 
     def _draw(self, index: int) -> tuple[int, dict, dict, dict | None]:
-        """(site, current findings, status per finding, prior findings or None)."""
+        """(site, current findings, status per finding, prior findings or None); read only."""
+        last, drawn = self._last_draw
+        if last != index:
+            drawn = self._draw_new(index)
+            self._last_draw = (index, drawn)
+        return drawn
+
+    def _draw_new(self, index: int) -> tuple[int, dict, dict, dict | None]:
         rng = self._rng(index, 0)
         site = int(rng.choice(3, p=_SITE_P))
         details = {}
@@ -275,7 +283,7 @@ class SyntheticCXR:
                 "report": _format([s for s, _, _ in sentences], rng),
                 "prior_report": prior_report,
                 "findings": {n: d["severity"] for n, d in details.items()},
-                "details": details,
+                "details": {n: dict(d) for n, d in details.items()},
                 "chexpert": _aggregate(sentences),
                 "sentences": [(s, abnormal) for s, abnormal, _ in sentences],
                 "site": site}

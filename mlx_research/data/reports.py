@@ -48,25 +48,33 @@ class SyntheticStudies:
         self.data = cxr.SyntheticCXR(
             num_studies, image_size=image_size, views=views, seed=seed, split=split,
             normal_fraction=normal_fraction, prior_fraction=prior_fraction)
+        self._last = (None, None)  # (index, study): an example asks for one study's parts
 
     def __len__(self) -> int:
         return len(self.data)
 
+    def _study(self, index: int) -> dict:
+        last, study = self._last
+        if last != index:
+            study = self.data.study(index)
+            self._last = (index, study)
+        return study
+
     def study_id(self, index: int) -> str:
-        return self.data.study(index)["id"]
+        return self._study(index)["id"]
 
     def cleaned(self, index: int) -> str:
-        return r2gen.clean_report(self.data.study(index)["report"], "iu_xray")
+        return r2gen.clean_report(self._study(index)["report"], "iu_xray")
 
     def prior(self, index: int) -> str:
-        prior = self.data.study(index)["prior_report"]
+        prior = self._study(index)["prior_report"]
         return r2gen.clean_report(prior, "iu_xray") if prior else ""
 
     def images(self, index: int) -> list[np.ndarray]:
         return [view[..., None] for view in self.data.images(index)]
 
     def reference_labels(self, index: int) -> dict[str, int]:
-        return dict(self.data.study(index)["chexpert"])
+        return dict(self._study(index)["chexpert"])
 
 
 class R2GenStudies:
