@@ -31,7 +31,8 @@ in its own process). Without torch the PyTorch columns are left empty.
 
 On GPU/TPU ours computes in bfloat16 (float32 parameters) and PyTorch under bf16 autocast, and
 the Transformer drops its dropout to use cuDNN flash attention (XLA's if cuDNN refuses; the
-result records which) against PyTorch's fused attention.
+result records which) against PyTorch's fused attention. ``--rehearse-accelerator [CASE ...]``
+runs that path on a CPU, once per case, writing nothing (a check before a GPU is at hand).
 """
 
 from __future__ import annotations
@@ -72,8 +73,12 @@ BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 
 # ---------------------------------------------------------------- machine and timing
 
+_REHEARSAL = False  # --rehearse-accelerator: the GPU/TPU path on a CPU
+
+
 def accelerator() -> bool:
-    return jax.default_backend() != "cpu"
+    """Whether to take the GPU/TPU path (bfloat16, cuDNN attention, PyTorch on CUDA, autocast)."""
+    return _REHEARSAL or jax.default_backend() != "cpu"
 
 
 def describe_machine(xla_flags: str) -> dict:
@@ -493,13 +498,31 @@ def update_readme() -> None:
     print(body)
 
 
+def rehearse_accelerator(names) -> None:
+    """Runs each case once through the accelerator path on this CPU (bfloat16, the cuDNN attention
+    request and its fallback to XLA's, PyTorch autocast), to catch errors before a GPU is at hand."""
+    global _REHEARSAL
+    peak = matmul_peak(1)["peak_flops"]  # the CPU's float32 peak
+    _REHEARSAL = True
+    for name in names:
+        run_case(name, reps=1, peak=peak)
+    print(f"[suite] accelerator path ran on the CPU for: {', '.join(names)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help=f"what to run (default: all of {', '.join(NAMES)})")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions after warm-up")
     parser.add_argument("--time-ours", choices=CASES, help="only print our step time of a case "
                         "as JSON (used by the xla_flags sweep)")
+    parser.add_argument("--rehearse-accelerator", action="store_true", help="on a CPU: run the "
+                        "cases (default: all) once through the GPU/TPU path and write nothing")
     args = parser.parse_args()
+    if args.rehearse_accelerator:
+        if set(args.names) - set(CASES):
+            parser.error(f"--rehearse-accelerator runs cases: {', '.join(CASES)}")
+        rehearse_accelerator(args.names or CASES)
+        return
     if args.time_ours:
         step = our_step(args.time_ours)[0]
         print(json.dumps({"ours_s": alternate({"ours": step}, 2, args.reps)["ours"]}))
