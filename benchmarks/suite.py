@@ -26,8 +26,10 @@ goes by XLA op category (a ``jax.profiler`` trace of ours).
 
 Other names: ``pipeline`` (step time with the real input pipeline against a cached batch, for
 the detection and report experiments), ``rng`` (hash32 against threefry dropout masks: the
-before/after of that optimisation), ``xla_flags`` (XLA CPU options against the defaults, each
-in its own process). Without torch the PyTorch columns are left empty.
+before/after of that optimisation), ``barrier`` (the gradient barriers of
+`mlx_research.nn.barrier` kept through XLA CPU's fusion or dropped: before/after), ``xla_flags``
+(XLA CPU options against the defaults, each in its own process; ``barrier`` and ``xla_flags``
+run on CPU only). Without torch the PyTorch columns are left empty.
 
 On GPU/TPU ours computes in bfloat16 (float32 parameters) and PyTorch under bf16 autocast, and
 the Transformer drops its dropout to use cuDNN flash attention (XLA's if cuDNN refuses; the
@@ -67,7 +69,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 CASES = ("transformer", "resnet18", "resnet50", "faster_rcnn", "r2gen")
-NAMES = (*CASES, "pipeline", "rng", "xla_flags")
+NAMES = (*CASES, "pipeline", "rng", "barrier", "xla_flags")
+CPU_ONLY = ("barrier", "xla_flags")  # XLA CPU options: not run on GPU/TPU
 BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 
 
@@ -139,12 +142,13 @@ class CompiledStep:
     """A jitted step function compiled for fixed arguments: compile time, FLOPs, memory; calling
     it runs one step on the held state (donated and replaced) and blocks."""
 
-    def __init__(self, jitted, state, *args, context=contextlib.nullcontext):
+    def __init__(self, jitted, state, *args, context=contextlib.nullcontext,
+                 compiler_options=None):
         self.context, self.state, self.args = context, state, args
         with self.context():
             lowered = jitted.lower(state, *args)
             start = time.perf_counter()
-            self.compiled = lowered.compile()
+            self.compiled = lowered.compile(compiler_options)
             self.compile_s = time.perf_counter() - start
         cost = self.compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
@@ -391,6 +395,25 @@ def pipeline(reps: int) -> dict:
     return out
 
 
+def barrier_before_after(reps: int) -> dict:
+    """Train-step time with the gradient barriers of `mlx_research.nn.barrier` kept through fusion
+    (the trainer's CPU compiler options) against XLA CPU's default, which drops them before
+    fusion: the step as it was before the barriers."""
+    out = {}
+    for name in ("transformer", "r2gen"):
+        print(f"[suite] barrier {name}", flush=True)
+        kept, trainer, _ = trainer_step(_configs()[name])
+        dropped = CompiledStep(trainer.train_step, trainer.fresh_state(), *kept.args,
+                               context=trainer.mesh_context,
+                               compiler_options={"xla_disable_hlo_passes": ""})
+        times = alternate({"dropped": dropped, "kept": kept}, warmup=2, reps=reps)
+        out[name] = {"dropped_s": times["dropped"], "kept_s": times["kept"],
+                     "speedup": times["dropped"] / times["kept"]}
+        trainer.close()
+        print(json.dumps(out[name]), flush=True)
+    return out
+
+
 def rng_before_after(reps: int) -> dict:
     """Train-step time with threefry against hash32 dropout masks (`mlx_research.prng`)."""
     out = {}
@@ -475,6 +498,11 @@ def render(results: list[dict]) -> str:
                 f"{k} {v['real_s'] * 1e3:.0f} vs {v['cached_s'] * 1e3:.0f} ms "
                 f"({v['slowdown']:+.1%}; host CPU {v['host_cpu_s_per_batch'] * 1e3:.0f} ms "
                 "per batch)" for k, v in r["pipeline"].items()) + "."]
+        if r.get("barrier"):
+            lines += ["", "Gradient barriers (`mlx_research.nn.barrier`) kept through XLA CPU's fusion "
+                      "against dropped (the step before them): " + "; ".join(
+                f"{k} {v['dropped_s'] * 1e3:.0f} -> {v['kept_s'] * 1e3:.0f} ms "
+                f"({v['speedup']:.2f}x)" for k, v in r["barrier"].items()) + "."]
         if r.get("rng"):
             lines += ["", "Dropout masks from `rng_impl=\"hash32\"` instead of threefry: " + "; ".join(
                 f"{k} {v['threefry_s'] * 1e3:.0f} -> {v['hash32_s'] * 1e3:.0f} ms "
@@ -533,8 +561,7 @@ def main() -> None:
     xla_flags = os.environ.get("XLA_FLAGS", "")
     # Per-op trace events on CPU (for op_categories); read when the backend starts, below.
     os.environ["XLA_FLAGS"] = f"{xla_flags} --xla_cpu_enable_xprof_traceme=true".strip()
-    # (the XLA flag sweep is about CPU options)
-    names = args.names or [n for n in NAMES if not (n == "xla_flags" and accelerator())]
+    names = args.names or [n for n in NAMES if not (n in CPU_ONLY and accelerator())]
     jax.config.update("jax_enable_compilation_cache", False)  # compile times are cold
     path = RESULTS / f"suite_{jax.default_backend()}.json"
     result = json.loads(path.read_text()) if path.exists() else {"cases": {}}
@@ -549,6 +576,8 @@ def main() -> None:
             result["pipeline"] = pipeline(args.reps)
         elif name == "rng":
             result["rng"] = rng_before_after(args.reps)
+        elif name == "barrier":
+            result["barrier"] = barrier_before_after(args.reps)
         else:
             result["xla_flags"] = xla_flag_sweep(args.reps)
         path.write_text(json.dumps(result, indent=2) + "\n")  # kept if a later name fails

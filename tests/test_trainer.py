@@ -16,7 +16,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from mlx_research.data.pipeline import make_train_iterator
+from mlx_research.data.pipeline import make_train_iterator, to_global_batch
 from mlx_research.prng import step_key
 from mlx_research.train import config as config_lib
 from mlx_research.train.init_from import save_variables
@@ -255,6 +255,21 @@ def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
     assert trainer.task.model.dtype == jnp.bfloat16
     rows = [r for r in read_metrics(tmp_path) if "train/loss" in r]
     assert rows and all(np.isfinite(r["train/loss"]) for r in rows)
+
+
+def test_train_step_keeps_the_transformer_gradient_barriers_on_cpu(tmp_path):
+    """`nn.barrier`: two barriers per residual (branch and sum), two residuals per encoder layer
+    and three per decoder layer; XLA CPU drops them before fusion without the trainer's
+    compiler options."""
+    config = tiny_config(total_steps=2)
+    trainer = Trainer(config, str(tmp_path))
+    batch = to_global_batch(next(trainer.train_iterator()), trainer.batch_sharding)
+    with trainer.mesh_context():
+        hlo = trainer.train_step.lower(trainer.fresh_state(), batch).compile().as_text()
+    trainer.close()
+    m = config.model
+    residuals = 2 * m.num_encoder_layers + 3 * m.num_decoder_layers
+    assert hlo.count(" opt-barrier(") >= 2 * residuals
 
 
 def test_eval_mode_restores_a_chosen_step(tmp_path):

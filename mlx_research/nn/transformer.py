@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from mlx_research.nn.activations import get_activation
 from mlx_research.nn.attention import MultiHeadAttention
+from mlx_research.nn.barrier import grad_barrier
 
 Array = jax.Array
 Dtype = Any
@@ -138,7 +139,10 @@ class _LayerBase(nn.Module):
         )
 
     def _residual(self, x: Array, branch: Array, deterministic: bool) -> Array:
-        return x + nn.Dropout(self.dropout)(branch, deterministic=deterministic)
+        """``x + dropout(branch)``; the backward pass computes the cotangents of the branch and
+        of the sum once (`grad_barrier`) instead of recomputing them in each consumer."""
+        branch = nn.Dropout(self.dropout)(grad_barrier(branch), deterministic=deterministic)
+        return grad_barrier(x + branch)
 
 
 class TransformerEncoderLayer(_LayerBase):

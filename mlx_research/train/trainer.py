@@ -26,6 +26,7 @@ from mlx_research.data.pipeline import (
     to_global_batch,
     transformed_train_stream,
 )
+from mlx_research.nn.barrier import CPU_COMPILER_OPTIONS
 from mlx_research.parallel.mesh import create_mesh
 from mlx_research.parallel.sharding import batch_sharding, get_rules, logical_shardings
 from mlx_research.train import config as config_lib
@@ -113,6 +114,7 @@ class Trainer:
             in_shardings=(self.state_shardings, self.batch_sharding),
             out_shardings=(self.state_shardings, replicated),
             donate_argnums=0,
+            compiler_options=CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None,
         )
 
         # ---------------------------------------------------------------- evaluators
