@@ -213,7 +213,8 @@ def _devices(x, y, device, frontal):
         return 75 * _full(x, y, _segment(x, y, (0.5 if frontal else 0.52, 0.0), (0.5, 0.3), 0.006))
     if device == 1:  # right IJ catheter down into the SVC
         mid = (0.4, 0.15) if frontal else (0.5, 0.15)
-        return 80 * np.maximum(_full(x, y, _segment(x, y, (0.38 if frontal else 0.5, 0.0), mid, 0.005)),
+        top = (0.38 if frontal else 0.5, 0.0)
+        return 80 * np.maximum(_full(x, y, _segment(x, y, top, mid, 0.005)),
                                _full(x, y, _segment(x, y, mid, (0.46, 0.36), 0.005)))
     box = (0.78, 0.2) if frontal else (0.14, 0.22)
     pacer = 110 * ((np.abs(x - box[0]) < 0.045) & (np.abs(y - box[1]) < 0.03))
@@ -234,7 +235,8 @@ def _lateral(x, y, details, sev, pos, ctr, texture):
         dark = dark + 0.5 * sev["pneumothorax"] * _full(x, y, _ellipse(x, y, 0.32, 0.3, 0.08, 0.15))
     img[window] -= 52 * lung * dark[window]
     rows, cols = y[:, 0], x[0]
-    img[np.ix_((rows > 0.1) & (np.cos(2 * np.pi * rows / 0.055) > -0.3), np.abs(cols - 0.8) < 0.04)] += 35
+    spine = (rows > 0.1) & (np.cos(2 * np.pi * rows / 0.055) > -0.3)
+    img[np.ix_(spine, np.abs(cols - 0.8) < 0.04)] += 35
     img[np.ix_(rows < 0.32, np.abs(cols - 0.52) < 0.02)] -= 20  # trachea
     window, sternum = _segment(x, y, (0.16, 0.15), (0.2, 0.75), 0.01)
     img[window] += 25 * sternum
