@@ -31,7 +31,7 @@ import numpy as np
 
 from mlx_research.data.cxr_render import FINDINGS, render_views
 from mlx_research.data.knowledge import default_knowledge
-from mlx_research.data.pipeline import checked_index
+from mlx_research.data.pipeline import checked_index, last_index_cache
 
 CHEXPERT = {"cardiomegaly": "Cardiomegaly", "effusion_left": "Pleural Effusion",
             "effusion_right": "Pleural Effusion", "pneumothorax": "Pneumothorax",
@@ -223,7 +223,6 @@ class SyntheticCXR:
         self.num_studies, self.image_size, self.views = num_studies, image_size, views
         self.seed, self.split = seed, split
         self.normal_fraction, self.prior_fraction = normal_fraction, prior_fraction
-        self._last_draw = (None, None)  # study() and images() of one index draw once
 
     def __len__(self) -> int:
         return self.num_studies
@@ -232,15 +231,9 @@ class SyntheticCXR:
         index = checked_index(index, self.num_studies)
         return np.random.default_rng([self.seed, _SPLITS[self.split], index, stream])
 
+    @last_index_cache  # study() and images() of one index draw once
     def _draw(self, index: int) -> tuple[int, dict, dict, dict | None]:
         """(site, current findings, status per finding, prior findings or None); read only."""
-        last, drawn = self._last_draw
-        if last != index:
-            drawn = self._draw_new(index)
-            self._last_draw = (index, drawn)
-        return drawn
-
-    def _draw_new(self, index: int) -> tuple[int, dict, dict, dict | None]:
         rng = self._rng(index, 0)
         site = int(rng.choice(3, p=_SITE_P))
         details = {}

@@ -10,6 +10,7 @@ batch, and :func:`to_global_batch` assembles the slices into one sharded ``jax.A
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -38,6 +39,23 @@ def checked_index(index: int, size: int) -> int:
     if not 0 <= index < size:
         raise IndexError(f"index {index} out of range for {size} examples.")
     return index
+
+
+def last_index_cache(method: Callable[[Any, int], Any]) -> Callable[[Any, int], Any]:
+    """Decorates a source's ``method(self, index)`` to keep its result for the last index asked:
+    an example that reads several parts of one index computes it once. The result is shared
+    between the calls, so callers must not modify it (``method.__wrapped__`` is uncached)."""
+    attribute = f"_last_{method.__name__}"
+
+    @functools.wraps(method)
+    def cached(self, index: int):
+        last = getattr(self, attribute, None)
+        if last is None or last[0] != index:
+            last = (index, method(self, index))
+            setattr(self, attribute, last)
+        return last[1]
+
+    return cached
 
 
 def _per_process_batch_size(

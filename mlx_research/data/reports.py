@@ -15,7 +15,7 @@ import numpy as np
 
 from mlx_research.data import cxr, r2gen
 from mlx_research.data.knowledge import default_knowledge, token_tags
-from mlx_research.data.pipeline import checked_index
+from mlx_research.data.pipeline import checked_index, last_index_cache
 from mlx_research.data.tokenizer import Vocabulary
 from mlx_research.evaluation import clinical
 
@@ -48,17 +48,13 @@ class SyntheticStudies:
         self.data = cxr.SyntheticCXR(
             num_studies, image_size=image_size, views=views, seed=seed, split=split,
             normal_fraction=normal_fraction, prior_fraction=prior_fraction)
-        self._last = (None, None)  # (index, study): an example asks for one study's parts
 
     def __len__(self) -> int:
         return len(self.data)
 
+    @last_index_cache  # an example asks for several parts of one study
     def _study(self, index: int) -> dict:
-        last, study = self._last
-        if last != index:
-            study = self.data.study(index)
-            self._last = (index, study)
-        return study
+        return self.data.study(index)
 
     def study_id(self, index: int) -> str:
         return self._study(index)["id"]
