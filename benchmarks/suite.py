@@ -395,43 +395,49 @@ def pipeline(reps: int) -> dict:
     return out
 
 
-def barrier_before_after(reps: int) -> dict:
-    """Train-step time with the gradient barriers of `mlx_research.nn.barrier` kept through fusion
-    (the trainer's CPU compiler options) against XLA CPU's default, which drops them before
-    fusion: the step as it was before the barriers."""
+def before_after(label: str, build, reps: int) -> dict:
+    """An optimisation's before/after on the transformer and r2gen train steps: ``build(name)``
+    gives ``({before_name: step, after_name: step}, trainers)``; the steps alternate."""
     out = {}
     for name in ("transformer", "r2gen"):
-        print(f"[suite] barrier {name}", flush=True)
-        kept, trainer, _ = trainer_step(_configs()[name])
-        dropped = CompiledStep(trainer.train_step, trainer.fresh_state(), *kept.args,
-                               context=trainer.mesh_context,
-                               compiler_options={"xla_disable_hlo_passes": ""})
-        times = alternate({"dropped": dropped, "kept": kept}, warmup=2, reps=reps)
-        out[name] = {"dropped_s": times["dropped"], "kept_s": times["kept"],
-                     "speedup": times["dropped"] / times["kept"]}
-        trainer.close()
-        print(json.dumps(out[name]), flush=True)
-    return out
-
-
-def rng_before_after(reps: int) -> dict:
-    """Train-step time with threefry against hash32 dropout masks (`mlx_research.prng`)."""
-    out = {}
-    for name in ("transformer", "r2gen"):
-        print(f"[suite] rng {name}", flush=True)
-        steps, trainers = {}, []
-        for impl in ("threefry2x32", "hash32"):
-            config = _configs()[name]
-            config.rng_impl = impl
-            steps[impl], trainer, _ = trainer_step(config)
-            trainers.append(trainer)
+        print(f"[suite] {label} {name}", flush=True)
+        steps, trainers = build(name)
         times = alternate(steps, warmup=2, reps=reps)
-        out[name] = {"threefry_s": times["threefry2x32"], "hash32_s": times["hash32"],
-                     "speedup": times["threefry2x32"] / times["hash32"]}
+        before, after = steps
+        out[name] = {f"{before}_s": times[before], f"{after}_s": times[after],
+                     "speedup": times[before] / times[after]}
         for trainer in trainers:
             trainer.close()
         print(json.dumps(out[name]), flush=True)
     return out
+
+
+def barrier_before_after(reps: int) -> dict:
+    """Train-step time with the gradient barriers of `mlx_research.nn.barrier` kept through fusion
+    (the trainer's CPU compiler options) against XLA CPU's default, which drops them before
+    fusion: the step as it was before the barriers."""
+    def build(name):
+        kept, trainer, _ = trainer_step(_configs()[name])
+        dropped = CompiledStep(trainer.train_step, trainer.fresh_state(), *kept.args,
+                               context=trainer.mesh_context,
+                               compiler_options={"xla_disable_hlo_passes": ""})
+        return {"dropped": dropped, "kept": kept}, [trainer]
+
+    return before_after("barrier", build, reps)
+
+
+def rng_before_after(reps: int) -> dict:
+    """Train-step time with threefry against hash32 dropout masks (`mlx_research.prng`)."""
+    def build(name):
+        steps, trainers = {}, []
+        for label, impl in (("threefry", "threefry2x32"), ("hash32", "hash32")):
+            config = _configs()[name]
+            config.rng_impl = impl
+            steps[label], trainer, _ = trainer_step(config)
+            trainers.append(trainer)
+        return steps, trainers
+
+    return before_after("rng", build, reps)
 
 
 FLAG_SETS = {"oneDNN custom calls": "--xla_cpu_experimental_onednn_custom_call=true",
@@ -462,6 +468,15 @@ def xla_flag_sweep(reps: int) -> dict:
 
 
 # ---------------------------------------------------------------- results and README
+
+def _before_after_line(result: dict | None, title: str, before: str, after: str) -> list[str]:
+    """README lines of a `before_after` result (none when it was not measured)."""
+    if not result:
+        return []
+    return ["", f"{title}: " + "; ".join(
+        f"{k} {v[f'{before}_s'] * 1e3:.0f} -> {v[f'{after}_s'] * 1e3:.0f} ms "
+        f"({v['speedup']:.2f}x)" for k, v in result.items()) + "."]
+
 
 def _fmt(x, spec: str, none: str = "–") -> str:
     return none if x is None else format(x, spec)
@@ -498,15 +513,12 @@ def render(results: list[dict]) -> str:
                 f"{k} {v['real_s'] * 1e3:.0f} vs {v['cached_s'] * 1e3:.0f} ms "
                 f"({v['slowdown']:+.1%}; host CPU {v['host_cpu_s_per_batch'] * 1e3:.0f} ms "
                 "per batch)" for k, v in r["pipeline"].items()) + "."]
-        if r.get("barrier"):
-            lines += ["", "Gradient barriers (`mlx_research.nn.barrier`) kept through XLA CPU's fusion "
-                      "against dropped (the step before them): " + "; ".join(
-                f"{k} {v['dropped_s'] * 1e3:.0f} -> {v['kept_s'] * 1e3:.0f} ms "
-                f"({v['speedup']:.2f}x)" for k, v in r["barrier"].items()) + "."]
-        if r.get("rng"):
-            lines += ["", "Dropout masks from `rng_impl=\"hash32\"` instead of threefry: " + "; ".join(
-                f"{k} {v['threefry_s'] * 1e3:.0f} -> {v['hash32_s'] * 1e3:.0f} ms "
-                f"({v['speedup']:.2f}x)" for k, v in r["rng"].items()) + "."]
+        lines += _before_after_line(
+            r.get("barrier"), "Gradient barriers (`mlx_research.nn.barrier`) kept through XLA "
+            "CPU's fusion against dropped (the step before them)", "dropped", "kept")
+        lines += _before_after_line(
+            r.get("rng"), "Dropout masks from `rng_impl=\"hash32\"` instead of threefry",
+            "threefry", "hash32")
         if r.get("xla_flags"):
             lines += ["", "XLA CPU flags (our step, default flags time / with the flags): " + "; ".join(
                 f"{k} `{v['flags']}` {v['speedup']:.2f}x" for k, v in r["xla_flags"].items()) + "."]
