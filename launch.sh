@@ -4,7 +4,7 @@
 #   ./launch.sh EXPERIMENT.py[:ARG] [--workdir=DIR] [--mode=train|eval] [--config.KEY=VALUE ...]
 #       exit status: 0 done, 1 an error (one line), 75 stopped by SIGTERM/Ctrl-C after saving
 #   ./launch.sh test [PYTEST_ARGS...]          run the test suite
-#   ./launch.sh bench NAME [ARGS...]           run benchmarks/NAME.py (python -m benchmarks.NAME)
+#   ./launch.sh bench NAME [ARGS...]           run benchmarks/*/NAME.py (or GROUP.NAME)
 #
 # Multi-host (every host runs the same command; jax.distributed.initialize() finds its peers):
 #   ./launch.sh EXPERIMENT.py --tpu=NAME --zone=ZONE [--project=P] [flags]
@@ -21,6 +21,17 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
 
 die() { echo "launch.sh: $*" >&2; exit 2; }
+
+# The module of a benchmark: benchmarks.GROUP.NAME for NAME (the one benchmarks/*/NAME.py) and
+# for GROUP.NAME (speed, convergence or parity).
+bench_module() {
+  [[ "$1" == *.* ]] && { echo "benchmarks.$1"; return; }
+  local found=(benchmarks/*/"$1".py)
+  [[ -f "${found[0]}" ]] || die "no benchmark $1 (benchmarks/*/$1.py)"
+  [[ ${#found[@]} -eq 1 ]] || die "benchmark $1 is ambiguous (${found[*]}); name it GROUP.$1"
+  local group="${found[0]#benchmarks/}"
+  echo "benchmarks.${group%%/*}.$1"
+}
 
 pick_python() {
   if [[ -n "${MLX_PYTHON:-}" ]]; then PY="$MLX_PYTHON"
@@ -52,8 +63,9 @@ print(sys.executable, hashlib.sha256(open("pyproject.toml", "rb").read()).hexdig
 
 case "$1" in
   test)  shift; pick_python; ensure_installed; exec "$PY" -m pytest "$@" ;;
-  bench) shift; pick_python; ensure_installed; [[ $# -ge 1 ]] || die "usage: ./launch.sh bench NAME (a module in benchmarks/)"
-         name="$1"; shift; exec "$PY" -m "benchmarks.$name" "$@" ;;
+  bench) shift; [[ $# -ge 1 ]] || die "usage: ./launch.sh bench NAME (benchmarks/*/NAME.py)"
+         module="$(bench_module "$1")"; shift; pick_python; ensure_installed
+         exec "$PY" -m "$module" "$@" ;;
   -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
 esac
 

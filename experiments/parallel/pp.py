@@ -4,7 +4,7 @@ Run:     ./launch.sh experiments/parallel/pp.py             (needs an even numbe
 CPU:     XLA_FLAGS=--xla_force_host_platform_device_count=8 ./launch.sh experiments/parallel/pp.py
 Shows:   mesh stage=2 (data = the rest): layer weights stacked on a "layers" axis sharded over
          "stage", each stage runs its layers on 4 micro-batches in turn; bubble fraction
-         (S - 1) / (M + S - 1) = 1/5 (benchmarks/pipeline_bubble.py measures it).
+         (S - 1) / (M + S - 1) = 1/5 (benchmarks/speed/pipeline_bubble.py measures it).
 """
 
 from experiments.seq2seq.reverse import get_config as reverse_config

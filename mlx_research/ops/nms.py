@@ -20,7 +20,7 @@ once ``max_output_size`` boxes are kept or only invalid boxes remain. For each t
 Cost: O(N log N) sort + O(N * kept) IoU work for step 1 (kept <= ``max_output_size``) +
 O(N * tile_size * iterations) for step 2; memory O(tile_size^2 + max_output_size). No Python
 loop over boxes; ``jit``/``vmap``-safe (under ``vmap`` the loops run until every image is done).
-``benchmarks/ops_throughput.py`` measures it against torchvision.
+``benchmarks/speed/ops_throughput.py`` measures it against torchvision.
 
 Agreement with torchvision (CPU kernel ``nms_kernel.cpp``):
 

@@ -3,7 +3,7 @@
 torch is not a dependency of the package, so this runs in the parity venv, which has torch,
 torchvision, numpy and jax (the repository is imported from the working tree):
 
-    /tmp/tvenv/bin/python -m benchmarks.ops_nms_roi_parity
+    /tmp/tvenv/bin/python -m benchmarks.parity.ops_nms_roi_parity
 
 Random inputs (numpy, fixed seed) go through torchvision's op (NCHW) and ours (NHWC). NMS:
 exact equality of the kept index lists (continuous scores, and separately integer scores with
@@ -13,14 +13,13 @@ respect to the features. Writes benchmarks/results/ops_nms_roi_parity.json.
 
 from __future__ import annotations
 
-import json
+import argparse
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results" / "ops_nms_roi_parity.json"
+from benchmarks.common import write_result
 
 
 def random_boxes(rng: np.random.Generator, n: int, extent: float, size: tuple[float, float]):
@@ -162,6 +161,8 @@ def roi_parity(rng) -> dict:
 
 
 def main() -> None:
+    # No options; --help prints the summary.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     import jax
     import torch
     import torchvision
@@ -176,9 +177,7 @@ def main() -> None:
         "roi": roi_parity(rng),
     }
     result["seconds"] = round(time.time() - start, 1)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("ops_nms_roi_parity", result, echo=True)
 
 
 if __name__ == "__main__":

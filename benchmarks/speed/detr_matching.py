@@ -1,6 +1,6 @@
 """How much of DETR's train step is matching, and the on-device matcher against scipy.
 
-    python -m benchmarks.detr_matching        (or ./launch.sh bench detr_matching)
+    python -m benchmarks.speed.detr_matching        (or ./launch.sh bench detr_matching)
 
 1. Step share: the jitted train step of experiments/detection/detr_shapes.py (its batch, queries,
    query groups, decoder layers and max_boxes), and of the same with DETR's matching size (100
@@ -10,7 +10,7 @@
    max_boxes] costs with the batch's ``box_valid``), jitted. Share = matching / step of the
    same matcher.
 2. Matcher speed at DETR's reference size: 100 queries x 50 target slots with a random number
-   1..50 of valid targets, batches 1, 4, 16, 64, timed as in ``benchmarks.matching_speed``
+   1..50 of valid targets, batches 1, 4, 16, 64, timed as in ``benchmarks.speed.matching_speed``
    (jit(vmap(linear_sum_assignment)); medians over fresh random batches; totals checked
    against scipy).
 
@@ -20,37 +20,27 @@ Times on a shared machine are inflated by other processes; the load average is r
 
 from __future__ import annotations
 
-import json
+import argparse
+import itertools
 import os
-import platform
 import tempfile
-import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
-from benchmarks.matching_speed import _batched, _matched_totals, _median_ms, _scipy_totals
+from benchmarks.common import (cpu_model, load_average, median_seconds, read_result, today,
+                               write_result)
+from benchmarks.speed.matching_speed import compare_matchers, matcher_table
 from experiments.detection.detr_shapes import get_config
 from mlx_research.data.pipeline import make_train_iterator
 from mlx_research.models.detection.detr import hungarian_match
 from mlx_research.train.trainer import Trainer
 
-RESULTS = Path(__file__).resolve().parent / "results" / "detr_matching.json"
 STEP_REPEATS = 15
 MATCH_REPEATS = 30
 INPUTS = 10  # random cost batches cycled through
 QUERIES, TARGETS = 100, 50
 BATCHES = (1, 4, 16, 64)
-
-
-def _median_s(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def step_share(**model) -> dict:
@@ -81,8 +71,8 @@ def step_share(**model) -> dict:
                 return metrics
 
             with trainer.mesh_context():
-                step()  # compile
-                step_s = _median_s(step, STEP_REPEATS)
+                step_s = median_seconds(lambda: jax.block_until_ready(step()), STEP_REPEATS,
+                                        warmup=1)  # the warm-up call compiles
             trainer.close()
         layers, queries = config.model.num_decoder_layers, config.model.num_queries
         box_valid = np.repeat(np.asarray(box_valid), groups, axis=0)  # groups match separately
@@ -91,9 +81,10 @@ def step_share(**model) -> dict:
                  .astype(np.float32) for _ in range(INPUTS)]
         match = jax.jit(lambda c, v, m=method: hungarian_match(c, v, m))
         jax.block_until_ready(match(costs[0], box_valid))
-        counter = iter(range(10**9))
-        match_s = _median_s(lambda: match(costs[next(counter) % INPUTS], box_valid),
-                            MATCH_REPEATS)
+        calls = itertools.count()
+        match_s = median_seconds(
+            lambda: jax.block_until_ready(match(costs[next(calls) % INPUTS], box_valid)),
+            MATCH_REPEATS)
         out[method] = dict(step_ms=1e3 * step_s, matching_ms=1e3 * match_s,
                            matching_share=match_s / step_s)
     return out
@@ -107,46 +98,35 @@ def matcher_speed() -> list[dict]:
         costs = rng.uniform(size=(INPUTS, batch, QUERIES, TARGETS)).astype(np.float32)
         valid_rows = np.ones((INPUTS, batch, QUERIES), bool)
         valid_cols = np.arange(TARGETS) < rng.integers(1, TARGETS + 1, (INPUTS, batch, 1))
-        args = (costs, valid_rows, valid_cols)
-        row = dict(batch=batch, shape=[batch, QUERIES, TARGETS])
-        for method in ("device", "scipy"):
-            fn = _batched(method)
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*[x[0] for x in args]))
-            row[f"{method}_first_call_s"] = time.perf_counter() - start
-            err = 0.0
-            for i in range(INPUTS):
-                got = _matched_totals(costs[i], *fn(*[x[i] for x in args]))
-                err = max(err, float(np.abs(got - _scipy_totals(*[x[i] for x in args])).max()))
-            row[f"{method}_max_abs_total_error"] = err
-            row[f"{method}_ms"] = _median_ms(fn, args)
-        row["numpy_scipy_loop_ms"] = _median_ms(_scipy_totals, args)
+        row = dict(batch=batch, shape=[batch, QUERIES, TARGETS],
+                   **compare_matchers((costs, valid_rows, valid_cols)))
         row["device_over_scipy"] = row["device_ms"] / row["scipy_ms"]
         rows.append(row)
     return rows
 
 
 def main() -> None:
-    load = os.getloadavg()
+    # No options; --help prints the summary.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+    load = load_average()
     shares = {"detr_shapes": step_share(),
               "detr_shapes, 100 queries x 50 targets, 6 decoder layers": step_share(
                   num_queries=100, query_groups=1, num_decoder_layers=6, max_boxes=50)}
     speed = matcher_speed()
     backend = jax.default_backend()
-    result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    result = read_result("detr_matching")
     result[backend] = dict(
         setup=dict(device=str(jax.devices()[0].device_kind),
-                   host=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
-                   load_average_before=load, load_average_after=os.getloadavg(),
+                   host=cpu_model(), cpu_count=os.cpu_count(),
+                   load_average_before=load, load_average_after=load_average(),
                    jax=jax.__version__,
                    timing=f"medians: {STEP_REPEATS} train steps, {MATCH_REPEATS} matchings "
-                   f"after the compiling call; matcher speed as benchmarks.matching_speed",
-                   date=time.strftime("%Y-%m-%d")),
+                   f"after the compiling call; matcher speed as benchmarks.speed.matching_speed",
+                   date=today()),
         step_share=shares,
         matcher_speed=speed,
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("detr_matching", result)
     print(f"backend: {backend}")
     print("| step | matcher | step (ms) | matching (ms) | share |")
     print("|---|---|---:|---:|---:|")
@@ -156,11 +136,7 @@ def main() -> None:
             print(f"| {name} | {method} | {s['step_ms']:.1f} | {s['matching_ms']:.2f} | "
                   f"{100 * s['matching_share']:.2f}% |")
     print(f"\n{QUERIES} queries x {TARGETS} targets (1..{TARGETS} valid)")
-    print("| batch | device (ms) | scipy via pure_callback (ms) | scipy numpy loop (ms) |")
-    print("|---:|---:|---:|---:|")
-    for r in speed:
-        print(f"| {r['batch']} | {r['device_ms']:.2f} | {r['scipy_ms']:.2f} | "
-              f"{r['numpy_scipy_loop_ms']:.2f} |")
+    print(matcher_table(speed, "batch"))
 
 
 if __name__ == "__main__":

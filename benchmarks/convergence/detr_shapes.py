@@ -4,7 +4,7 @@ wall time, trained from scratch.
 Run:  ./launch.sh bench detr_shapes [PRESET]   (writes benchmarks/results/detr_shapes[_PRESET].json)
 """
 
-from benchmarks.convergence import detection_shapes
+from benchmarks.convergence.shapes_detection import main
 
 if __name__ == "__main__":
-    detection_shapes("detr_shapes")
+    main("detr_shapes")

@@ -1,6 +1,6 @@
 """Speed of exact matching: optax's on-device Hungarian vs scipy through jax.pure_callback.
 
-    python -m benchmarks.matching_speed        (or ./launch.sh bench matching_speed)
+    python -m benchmarks.speed.matching_speed        (or ./launch.sh bench matching_speed)
 
 Both methods run as ``jax.jit(jax.vmap(linear_sum_assignment))`` over a batch of 8 cost
 matrices, at DETR-like sizes (100 queries x 20 target slots, all valid or with a random number
@@ -15,19 +15,17 @@ own rows beside the CPU ones) and prints a markdown table.
 
 from __future__ import annotations
 
-import json
+import argparse
+import itertools
 import os
-import platform
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import scipy.optimize
 
+from benchmarks.common import cpu_model, load_average, median_seconds, read_result, write_result
 from mlx_research.ops.matching import linear_sum_assignment
-
-RESULTS = Path(__file__).resolve().parent / "results" / "matching_speed.json"
 BATCH = 8
 REPEATS = 100
 INPUTS = 10  # distinct random batches cycled through
@@ -49,14 +47,12 @@ def _inputs(rng, n, m, masked):
     return costs, valid_rows, valid_cols
 
 
-def _median_ms(fn, args):
-    times = []
-    for rep in range(REPEATS):
-        a = [x[rep % INPUTS] for x in args]
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*a))
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+def _median_ms(fn, args) -> float:
+    """Median ms of REPEATS calls of ``fn``, cycling through the batches of ``args``."""
+    batches = list(zip(*args))
+    calls = itertools.count()
+    return 1e3 * median_seconds(
+        lambda: jax.block_until_ready(fn(*batches[next(calls) % len(batches)])), REPEATS)
 
 
 def _scipy_totals(costs, valid_rows, valid_cols):
@@ -79,34 +75,54 @@ def _batched(method):
         c, valid_rows=r, valid_cols=k, method=method)))
 
 
+def compare_matchers(args) -> dict:
+    """The device and the scipy (pure_callback) matcher on the K batches ``args`` =
+    (costs [K, B, N, M], valid_rows [K, B, N], valid_cols [K, B, M]): per method the compiling
+    first call's seconds, the largest |total - scipy's optimum| and the median ms; and the median
+    ms of a plain numpy/scipy loop."""
+    row = {}
+    for method in ("device", "scipy"):
+        fn = _batched(method)
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*[x[0] for x in args]))
+        row[f"{method}_first_call_s"] = time.perf_counter() - start
+        err = 0.0
+        for batch in zip(*args):  # every method reaches scipy's optimum on every input
+            got = _matched_totals(batch[0], *fn(*batch))
+            err = max(err, float(np.abs(got - _scipy_totals(*batch)).max()))
+        row[f"{method}_max_abs_total_error"] = err
+        row[f"{method}_ms"] = _median_ms(fn, args)
+    row["numpy_scipy_loop_ms"] = _median_ms(_scipy_totals, args)
+    return row
+
+
+def matcher_table(rows: list[dict], first: str) -> str:
+    """Markdown table of `compare_matchers` rows, led by each row's field ``first`` (a case
+    name or a batch size)."""
+    lead = "---" if isinstance(rows[0][first], str) else "---:"
+    lines = [f"| {first} | device (ms) | scipy via pure_callback (ms) | scipy numpy loop (ms) |",
+             f"|{lead}|---:|---:|---:|"]
+    lines += [f"| {r[first]} | {r['device_ms']:.2f} | {r['scipy_ms']:.2f} | "
+              f"{r['numpy_scipy_loop_ms']:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def main() -> None:
-    load = os.getloadavg()  # other processes on the host inflate the times
+    # No options; --help prints the summary.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+    load = load_average()  # other processes on the host inflate the times
     rng = np.random.default_rng(0)
     rows_out = []
     for name, n, m, masked in CASES:
         args = _inputs(rng, n, m, masked)
-        row = dict(case=name, shape=[BATCH, n, m])
-        for method in ("device", "scipy"):
-            fn = _batched(method)
-            start = time.perf_counter()
-            first = fn(*[x[0] for x in args])
-            jax.block_until_ready(first)
-            row[f"{method}_first_call_s"] = time.perf_counter() - start
-            err = 0.0
-            for i in range(INPUTS):  # every method reaches scipy's optimum on every input
-                got = _matched_totals(args[0][i], *fn(*[x[i] for x in args]))
-                err = max(err, float(np.abs(got - _scipy_totals(*[x[i] for x in args])).max()))
-            row[f"{method}_max_abs_total_error"] = err
-            row[f"{method}_ms"] = _median_ms(fn, args)
-        row["numpy_scipy_loop_ms"] = _median_ms(_scipy_totals, args)
-        rows_out.append(row)
+        rows_out.append(dict(case=name, shape=[BATCH, n, m], **compare_matchers(args)))
 
     backend = jax.default_backend()
-    result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    result = read_result("matching_speed")
     result[backend] = dict(
         setup=dict(
             device=str(jax.devices()[0].device_kind),
-            host=platform.processor() or platform.machine(),
+            host=cpu_model(),
             cpu_count=os.cpu_count(),
             load_average_before=load,
             jax=jax.__version__,
@@ -116,14 +132,9 @@ def main() -> None:
         ),
         rows=rows_out,
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("matching_speed", result)
     print(f"backend: {backend} ({jax.devices()[0].device_kind}), batch {BATCH}")
-    print("| case | device (ms) | scipy via pure_callback (ms) | scipy numpy loop (ms) |")
-    print("|---|---:|---:|---:|")
-    for r in rows_out:
-        print(f"| {r['case']} | {r['device_ms']:.2f} | {r['scipy_ms']:.2f} | "
-              f"{r['numpy_scipy_loop_ms']:.2f} |")
+    print(matcher_table(rows_out, "case"))
 
 
 if __name__ == "__main__":

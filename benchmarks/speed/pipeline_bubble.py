@@ -1,6 +1,6 @@
 """Step time of the pipelined seq2seq Transformer vs the number of GPipe micro-batches.
 
-    python -m benchmarks.pipeline_bubble        (or ./launch.sh bench pipeline_bubble)
+    python -m benchmarks.speed.pipeline_bubble        (or ./launch.sh bench pipeline_bubble)
 
 Runs the trainer's jitted train step with mesh stage=4 x data=2 on 8 fake CPU devices (a
 subprocess) for M = 1, 2, 4, 8 micro-batches, next to the theoretical GPipe bubble fraction
@@ -11,18 +11,19 @@ measured times show the schedule's cost (M + S - 1 loop iterations of smaller mi
 the bubble's idle time that real accelerators would waste.
 """
 
+import argparse
 import json
-from pathlib import Path
 
+from benchmarks.common import write_result
 from mlx_research.testing import run_with_devices
 
-RESULTS = Path(__file__).resolve().parent / "results" / "pipeline_bubble.json"
 NUM_STAGES = 4
 MICROBATCHES = (1, 2, 4, 8)
 
 _SNIPPET = """
 import json, tempfile, time
 import jax, numpy as np
+from benchmarks.common import median_seconds
 from experiments.parallel.pp import get_config
 from mlx_research.train.trainer import Trainer
 
@@ -35,27 +36,27 @@ for micro in {microbatches}:
     t = Trainer(c, tempfile.mkdtemp())
     src = t.task.train_source()
     batch = {{k: np.stack([src[i][k] for i in range(c.batch_size)]) for k in src[0]}}
-    state = t.fresh_state(0)
+    holder = [t.fresh_state(0)]
+
+    def step():
+        holder[0], metrics = t.train_step(holder[0], batch)
+        jax.block_until_ready(metrics)
+
     with t.mesh_context():
         batch = jax.device_put(batch, t.batch_sharding)
         start = time.perf_counter()
-        state, metrics = t.train_step(state, batch)
-        jax.block_until_ready(metrics)
+        step()
         compile_s = time.perf_counter() - start
-        times = []
-        for _ in range(10):
-            start = time.perf_counter()
-            state, metrics = t.train_step(state, batch)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - start)
+        step_s = median_seconds(step, 10)
     t.close()
-    rows.append(dict(microbatches=micro, step_ms=1e3 * float(np.median(times)),
-                     first_step_s=compile_s))
+    rows.append(dict(microbatches=micro, step_ms=1e3 * step_s, first_step_s=compile_s))
 print(json.dumps(rows))
 """
 
 
 def main() -> None:
+    # No options; --help prints the summary.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     from mlx_research.parallel.pipeline import bubble_fraction
 
     code = _SNIPPET.format(microbatches=MICROBATCHES, stages=NUM_STAGES)
@@ -68,8 +69,7 @@ def main() -> None:
                    batch_size=64, timing="median of 10 steps after the compiling one"),
         rows=rows,
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("pipeline_bubble", result)
     print(f"| micro-batches M | step time (ms) | bubble (S-1)/(M+S-1), S={NUM_STAGES} |")
     print("|---:|---:|---:|")
     for row in rows:

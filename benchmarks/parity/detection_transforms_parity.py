@@ -4,7 +4,7 @@ speed of the synthetic shapes and the transforms.
 torch is not a dependency of the package; the check runs once in a venv that has it (our data
 modules need only numpy and PIL):
 
-    /tmp/tvenv/bin/python -m benchmarks.detection_transforms_parity
+    /tmp/tvenv/bin/python -m benchmarks.parity.detection_transforms_parity
 
 Compared on random uint8 images and random xyxy boxes (CPU, float32):
 - ``horizontal_flip`` vs ``v2.functional.horizontal_flip`` (image and ``BoundingBoxes``).
@@ -18,17 +18,14 @@ Writes benchmarks/results/detection_transforms_parity.json.
 
 from __future__ import annotations
 
-import json
-import platform
+import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import cpu_model, write_result
 from mlx_research.data.detection_transforms import DetectionTransform, horizontal_flip
 from mlx_research.data.shapes import SyntheticShapes
-
-RESULTS = Path(__file__).resolve().parent / "results" / "detection_transforms_parity.json"
 
 
 def _random_boxes(rng: np.random.Generator, n: int, height: int, width: int) -> np.ndarray:
@@ -37,6 +34,8 @@ def _random_boxes(rng: np.random.Generator, n: int, height: int, width: int) -> 
 
 
 def main() -> None:
+    # No options; --help prints the summary.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     import torch
     import torchvision
     from torchvision import tv_tensors
@@ -111,7 +110,7 @@ def main() -> None:
 
     result = {
         "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "hflip_max_abs_box_diff": flip_box,
         "hflip_max_abs_pixel_diff": flip_pixel,
         "resize_integral_sizes_max_abs_box_diff": exact_box,
@@ -121,9 +120,7 @@ def main() -> None:
         "shapes_ms_per_128px_image": shapes_ms,
         "train_transform_ms_640x480_to_512": transform_ms,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("detection_transforms_parity", result, echo=True)
 
 
 if __name__ == "__main__":

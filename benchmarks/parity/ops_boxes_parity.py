@@ -1,9 +1,9 @@
 """Parity of ``mlx_research.ops`` box ops, box coder, anchors and sampling counts with torchvision.
 
 torch is not a dependency of the package, so this runs once in a venv holding torch,
-torchvision and jax (no mlx_research install needed; the repository root is put on sys.path):
+torchvision and jax, from the repository root (no mlx_research install needed):
 
-    /tmp/tvenv/bin/python benchmarks/ops_boxes_parity.py
+    /tmp/tvenv/bin/python -m benchmarks.parity.ops_boxes_parity
 
 Compares, on random float32 inputs (seeded), ``box_iou``, ``generalized_box_iou``,
 ``box_convert`` (all 6 conversions), ``box_area``, ``clip_boxes_to_image``,
@@ -17,16 +17,12 @@ checked to be 0 on our side. Writes benchmarks/results/ops_boxes_parity.json.
 
 from __future__ import annotations
 
-import json
-import sys
+import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results" / "ops_boxes_parity.json"
+from benchmarks.common import write_result
 
 
 def random_boxes(rng: np.random.Generator, n: int, degenerate: bool) -> np.ndarray:
@@ -65,6 +61,8 @@ def compare(ours, theirs) -> dict:
 
 
 def main() -> None:
+    # No options; --help prints the summary.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     import jax
     import torch
     import torchvision
@@ -195,9 +193,7 @@ def main() -> None:
     results["balanced_sampler_counts_equal"] = f"{sum(count_equal)}/{len(count_equal)}"
     results["seconds"] = round(time.time() - start, 2)
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_result("ops_boxes_parity", results, echo=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Parity of ``mlx_research.tools.convert_torchvision`` with real torchvision (eval mode).
 
-torch and torchvision are not dependencies of the package, so the check runs in two steps:
+torch and torchvision are not dependencies of the package, so the check runs in two steps
+(from the repository root):
 
     python3 -m venv /tmp/tvenv
     /tmp/tvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy
-    /tmp/tvenv/bin/python benchmarks/torchvision_parity.py --dump /tmp/tv_parity.npz
-    .venv/bin/python -m benchmarks.torchvision_parity --compare /tmp/tv_parity.npz
+    /tmp/tvenv/bin/python -m benchmarks.parity.torchvision_parity --dump /tmp/tv_parity.npz
+    .venv/bin/python -m benchmarks.parity.torchvision_parity --compare /tmp/tv_parity.npz
 
 ``--dump`` (torch, torchvision, numpy; no jax): for resnet18 and resnet50 builds torchvision's
 model with ``weights=None`` and ``torch.manual_seed(0)``, randomizes every BatchNorm's affine and
@@ -20,13 +21,12 @@ benchmarks/results/torchvision_parity.json. Both run on CPU in float32.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results" / "torchvision_parity.json"
+from benchmarks.common import today, write_result
+
 ARCHS = ("resnet18", "resnet50")
 LEVELS = ("C2", "C3", "C4", "C5")
 
@@ -103,18 +103,18 @@ def compare(path: Path) -> dict:
         "random init with randomized BatchNorm, input [2, 3, 64, 64]",
         "max_rel_diff_definition": "max |ours - torchvision| / max |torchvision| per level",
         "commands": [
-            "/tmp/tvenv/bin/python benchmarks/torchvision_parity.py --dump /tmp/tv_parity.npz",
-            ".venv/bin/python -m benchmarks.torchvision_parity --compare /tmp/tv_parity.npz",
+            "/tmp/tvenv/bin/python -m benchmarks.parity.torchvision_parity "
+            "--dump /tmp/tv_parity.npz",
+            ".venv/bin/python -m benchmarks.parity.torchvision_parity --compare /tmp/tv_parity.npz",
         ],
         "results": rows,
         "torch": str(data["meta/torch"]),
         "torchvision": str(data["meta/torchvision"]),
         "jax": jax.__version__,
         "devices": [str(d) for d in jax.devices()],
-        "date": time.strftime("%Y-%m-%d"),
+        "date": today(),
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("torchvision_parity", result, echo=True)
     return result
 
 

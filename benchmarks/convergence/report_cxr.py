@@ -6,21 +6,26 @@ Run:  ./launch.sh bench report_cxr MODEL [PRESET]   MODEL: r2gen | nadm | mkmia 
       benchmarks/results/report_MODEL[_PRESET].json
 """
 
+import argparse
 import importlib
-import sys
 
-from benchmarks.convergence import train, write
+from benchmarks.common import write_result
+from benchmarks.convergence.training import train
 
 _CURVE = ("bleu_4", "cider", "clinical_f1_macro", "clinical_f1_macro_abnormal")
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        sys.exit("usage: ./launch.sh bench report_cxr MODEL [PRESET]")
-    model, preset = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", choices=("r2gen", "nadm", "mkmia"),
+                        help="the config experiments/report/MODEL_cxr.py")
+    parser.add_argument("preset", nargs="?", default="", help="the config's preset, e.g. an "
+                        "ablation such as no_memory")
+    args = parser.parse_args()
+    model, preset = args.model, args.preset
     config = importlib.import_module(f"experiments.report.{model}_cxr").get_config(preset)
     wall, evals, machine = train(config, "eval/report/bleu_4")
-    write(f"report_{model}" + (f"_{preset}" if preset else ""), {
+    write_result(f"report_{model}" + (f"_{preset}" if preset else ""), {
         "experiment": f"experiments/report/{model}_cxr.py" + (f":{preset}" if preset else ""),
         "command": f"./launch.sh bench report_cxr {model}" + (f" {preset}" if preset else ""),
         "steps": config.total_steps,
@@ -33,7 +38,7 @@ def main() -> None:
                   for r in evals],
         "wall_seconds": round(wall, 1),
         **machine,
-    })
+    }, echo=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""PyTorch eager twins of the suite's train steps (`benchmarks/suite.py`): same layers, shapes,
-optimizer and loss as ours, built from torch / torchvision (optional benchmark dependencies:
+"""PyTorch eager twins of the suite's train steps (`benchmarks/speed/suite.py`): same layers,
+shapes, optimizer and loss as ours, built from torch / torchvision (optional benchmark dependencies:
 ``pip install -e ".[bench]"``). Each ``*_step`` returns ``(step, num_params)``; ``step()`` runs
 one optimizer update on fixed tensors and waits for the device.
 

@@ -1,6 +1,6 @@
 """Throughput of ``ops.nms`` and ``ops.roi`` next to torchvision's, measured back to back.
 
-    python -m benchmarks.ops_throughput          (or ./launch.sh bench ops_throughput)
+    python -m benchmarks.speed.ops_throughput          (or ./launch.sh bench ops_throughput)
 
 Ours: jitted, one warm-up (compiling) call, then the median of ``--repeats`` timed calls on the
 default JAX backend. torchvision's numbers come from the same inputs (numpy, fixed seed) in the
@@ -27,16 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results" / "ops_throughput.json"
+from benchmarks.common import cpu_model, median_seconds, write_result
+
+ROOT = Path(__file__).resolve().parents[2]
 NMS_CASES = (("uniform", 1000), ("uniform", 5000), ("clustered", 1000), ("clustered", 5000))
 NMS_THRESHOLD = 0.7
 ROI_SHAPE = (2, 64, 64, 256)  # B, H, W, C
@@ -72,16 +71,6 @@ def roi_inputs() -> tuple[np.ndarray, np.ndarray]:
     return feats, np.concatenate([idx, boxes], 1).astype(np.float32)
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (compiles ours)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure_ours(repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -97,7 +86,8 @@ def measure_ours(repeats: int) -> dict:
         for m in sorted({n, 1000}, reverse=True):
             f = jax.jit(lambda b, s, m=m: nms(b, s, NMS_THRESHOLD, m))
             kept = int((f(boxes, scores) >= 0).sum())
-            sec = median_seconds(lambda f=f: f(boxes, scores).block_until_ready(), repeats)
+            sec = median_seconds(lambda f=f: f(boxes, scores).block_until_ready(), repeats,
+                                 warmup=1)  # the warm-up call compiles
             out[f"nms_{kind}_n{n}_max{m}"] = {"seconds": sec, "boxes_per_s": n / sec,
                                               "kept": kept}
     feats, rois = map(jnp.asarray, roi_inputs())
@@ -105,7 +95,8 @@ def measure_ours(repeats: int) -> dict:
     grad = jax.jit(jax.grad(lambda x, r: jnp.sum(roi_align(x, r, 7, 1 / 16, 2) ** 2)))
     pool = jax.jit(lambda x, r: roi_pool(x, r, 7, 1 / 16))
     for name, f in (("roi_align", align), ("roi_align_fwd_bwd", grad), ("roi_pool", pool)):
-        sec = median_seconds(lambda f=f: f(feats, rois).block_until_ready(), repeats)
+        sec = median_seconds(lambda f=f: f(feats, rois).block_until_ready(), repeats,
+                             warmup=1)
         out[name] = {"seconds": sec, "rois_per_s": NUM_ROIS / sec}
     return out
 
@@ -119,7 +110,8 @@ def measure_torchvision(repeats: int) -> dict:
     for kind, n in NMS_CASES:
         boxes, scores = map(torch.from_numpy, nms_inputs(n, kind))
         kept = len(torchvision.ops.nms(boxes, scores, NMS_THRESHOLD))
-        sec = median_seconds(lambda: torchvision.ops.nms(boxes, scores, NMS_THRESHOLD), repeats)
+        sec = median_seconds(lambda: torchvision.ops.nms(boxes, scores, NMS_THRESHOLD), repeats,
+                             warmup=1)
         out[f"nms_{kind}_n{n}"] = {"seconds": sec, "boxes_per_s": n / sec, "kept": kept}
     feats, rois = roi_inputs()
     x = torch.from_numpy(feats.transpose(0, 3, 1, 2).copy())
@@ -130,11 +122,13 @@ def measure_torchvision(repeats: int) -> dict:
         (torchvision.ops.roi_align(xg, r, 7, 1 / 16, 2) ** 2).sum().backward()
 
     with torch.no_grad():
-        sec = median_seconds(lambda: torchvision.ops.roi_align(x, r, 7, 1 / 16, 2), repeats)
+        sec = median_seconds(lambda: torchvision.ops.roi_align(x, r, 7, 1 / 16, 2), repeats,
+                             warmup=1)
         out["roi_align"] = {"seconds": sec, "rois_per_s": NUM_ROIS / sec}
-        sec = median_seconds(lambda: torchvision.ops.roi_pool(x, r, 7, 1 / 16), repeats)
+        sec = median_seconds(lambda: torchvision.ops.roi_pool(x, r, 7, 1 / 16), repeats,
+                             warmup=1)
         out["roi_pool"] = {"seconds": sec, "rois_per_s": NUM_ROIS / sec}
-    sec = median_seconds(fwd_bwd, repeats)
+    sec = median_seconds(fwd_bwd, repeats, warmup=1)
     out["roi_align_fwd_bwd"] = {"seconds": sec, "rois_per_s": NUM_ROIS / sec}
     return out
 
@@ -149,11 +143,10 @@ def torchvision_numbers(repeats: int, torch_python: str | None) -> dict | None:
         return measure_torchvision(repeats)
     if not torch_python or not Path(torch_python).exists():
         return None
-    cmd = [torch_python, "-m", "benchmarks.ops_throughput", "--torchvision-only",
+    cmd = [torch_python, "-m", "benchmarks.speed.ops_throughput", "--torchvision-only",
            "--repeats", str(repeats)]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env,
-                          cwd=Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -189,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     tv = torchvision_numbers(args.repeats, args.torch_python)
     result = {
         "setup": {
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+            "machine": f"{cpu_model()}, {os.cpu_count()} CPU cores",
             "timing": f"median of {args.repeats} calls after a warm-up call",
             "nms": f"N boxes in {IMAGE}x{IMAGE}, uniform (independent, sides 10..200) or "
                    f"clustered (jittered copies of 50 objects), IoU threshold {NMS_THRESHOLD}",
@@ -199,10 +192,9 @@ def main(argv: list[str] | None = None) -> None:
         "ours": ours,
         "torchvision": tv,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    path = write_result("ops_throughput", result)
     print(table(ours, tv))
-    print(f"wrote {RESULTS}", file=sys.stderr)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
