@@ -88,7 +88,8 @@ def main(argv: list[str]) -> None:
     _init_distributed()
     _compilation_cache()
     import jax  # pylint: disable=import-outside-toplevel
-    from mlx_research.train import checkpoint, errors, trainer, workdir_lock  # pylint: disable=import-outside-toplevel
+    from mlx_research import errors  # pylint: disable=import-outside-toplevel
+    from mlx_research.train import checkpoint, trainer, workdir_lock  # pylint: disable=import-outside-toplevel
 
     if jax.process_index() == 0:
         print(f"workdir: {FLAGS.workdir}\nconfig:\n{config}", flush=True)

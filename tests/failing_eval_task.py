@@ -1,6 +1,6 @@
 """A seq2seq task whose evaluator fails on the host (to test what a crash in evaluation keeps)."""
 
-from mlx_research.train.evaluators import SumEvaluator
+from mlx_research.evaluation.base import SumEvaluator
 from mlx_research.train.tasks import seq2seq
 
 

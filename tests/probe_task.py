@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlx_research.train.evaluators import Evaluator
+from mlx_research.evaluation.base import Evaluator
 from mlx_research.train.tasks import seq2seq
 
 

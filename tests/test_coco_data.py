@@ -14,7 +14,7 @@ from pycocotools.cocoeval import COCOeval
 from mlx_research.data.coco import CocoDetection
 from mlx_research.data.detection_transforms import DetectionTransform
 from mlx_research.data.shapes import SyntheticShapes, coco_ground_truth, write_coco
-from mlx_research.train.errors import ConfigError
+from mlx_research.errors import ConfigError
 
 
 def _shapes(n=6):

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from mlx_research.data import cxr, cxr_render, knowledge
+from mlx_research.data.chexpert import CHEXPERT_LABELS, label_report
 from mlx_research.data.cxr import FINDINGS, SyntheticCXR, render_views
 from mlx_research.data.knowledge import TAGS, default_knowledge, load_knowledge, token_tags
 from mlx_research.data.r2gen import clean_report
 from mlx_research.data.reports import SyntheticStudies
-from mlx_research.evaluation.clinical import CHEXPERT_LABELS, label_report
 
 S = 128
 STATUS_WORDS = {"unchanged": r"\b(unchanged|stable)\b",

@@ -12,9 +12,9 @@ import scipy.optimize
 
 from mlx_research.data.detection_transforms import DetectionTransform
 from mlx_research.data.shapes import SyntheticShapes
+from mlx_research.errors import ConfigError
 from mlx_research.models.detection.detr import feature_mask, postprocess, set_criterion
 from mlx_research.testing import run_with_devices
-from mlx_research.train.errors import ConfigError
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.trainer import Trainer
 from tests.configs import override

@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
+from mlx_research.errors import ConfigError
 from mlx_research.train.checkpoint import Checkpointer
-from mlx_research.train.errors import ConfigError
 from mlx_research.train.init_from import load_variables, merge_pretrained, save_variables
 from mlx_research.train.state import TrainState
 from mlx_research.tree import flatten

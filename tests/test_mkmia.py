@@ -13,6 +13,7 @@ from scipy.special import log_softmax, softmax
 
 from mlx_research.data.pipeline import make_eval_iterator, make_train_iterator, to_global_batch
 from mlx_research.data.tokenizer import EOS_ID, PAD_ID, UNK_ID, Vocabulary
+from mlx_research.errors import ConfigError
 from mlx_research.models.report.alignment import (
     coarse_alignment_losses,
     fine_alignment_kl,
@@ -20,7 +21,6 @@ from mlx_research.models.report.alignment import (
 )
 from mlx_research.models.report.mkmia import KnowledgeFusion
 from mlx_research.testing import run_with_devices
-from mlx_research.train.errors import ConfigError
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.tasks.mkmia import Task, dictionary_tokens
 from mlx_research.train.trainer import Trainer

@@ -107,8 +107,9 @@ def test_semantic_targets_against_a_loop():
     rng = np.random.default_rng(3)
     tokens = rng.integers(0, 11, size=(4, 9))
     tags = rng.integers(0, 4, size=(4, 9))
-    abnormal, normal = jax.jit(nadm.semantic_targets, static_argnums=2)(tokens, tags, 12)
-    for want, tag in ((abnormal, 3), (normal, 2)):
+    abnormal, normal = jax.jit(nadm.semantic_targets, static_argnums=(2, 3, 4))(
+        tokens, tags, 12, 1, 0)  # any tag ids: here abnormal 1, normal 0
+    for want, tag in ((abnormal, 1), (normal, 0)):
         expected = np.zeros((4, 12))
         for b in range(4):
             for t in range(9):
@@ -131,7 +132,7 @@ def _inputs(seed=0, batch=2):
     images = rng.normal(size=(batch, 1, 16, 16, 1)).astype(np.float32)
     tokens = rng.integers(3, 16, size=(batch, 7))
     tags = rng.integers(0, 4, size=(batch, 7))
-    abnormal_targets, normal_targets = nadm.semantic_targets(tokens, tags, 16)
+    abnormal_targets, normal_targets = nadm.semantic_targets(tokens, tags, 16, 3, 2)
     return dict(images=images, decoder_inputs=np.concatenate([np.ones((batch, 1), int),
                                                               tokens[:, :-1]], 1),
                 abnormal_targets=abnormal_targets, normal_targets=normal_targets,
@@ -296,7 +297,7 @@ def test_trains_evaluates_compiles_once_and_data_parallel_equals_single_device(t
     ("model.semantic_topk", 1000, "'model.semantic_topk' = 1000 exceeds the vocabulary"),
 ])
 def test_bad_config_is_a_one_line_error(tmp_path, key, value, match):
-    from mlx_research.train.errors import ConfigError
+    from mlx_research.errors import ConfigError
     from mlx_research.train.trainer import Trainer
 
     with pytest.raises(ConfigError, match=match):

@@ -10,8 +10,8 @@ import ml_collections
 import optax
 import pytest
 
+from mlx_research.errors import ConfigError
 from mlx_research.train.config import trainer_defaults
-from mlx_research.train.errors import ConfigError
 from mlx_research.train.optim import (
     check_param_groups,
     group_learning_rates,

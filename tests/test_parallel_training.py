@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mlx_research.errors import ConfigError
 from mlx_research.models.seq2seq import Seq2SeqTransformer
-from mlx_research.train import config as config_lib
 from mlx_research.testing import run_with_devices
+from mlx_research.train import config as config_lib
 
 LR = 0.5
 STEPS = 3
@@ -309,5 +310,5 @@ def test_pipelined_model_equals_per_layer_model():
 def test_pipeline_config_errors(mesh, model, message):
     config = parallel_config(mesh)
     config.model.update(model)
-    with pytest.raises(config_lib.ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         config_lib.validate(config)

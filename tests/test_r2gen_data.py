@@ -17,7 +17,7 @@ from mlx_research.data.report_transforms import (
     shorter_side_size,
 )
 from mlx_research.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
-from mlx_research.train.errors import ConfigError
+from mlx_research.errors import ConfigError
 
 # ---------------------------------------------------------------- clean_report
 

@@ -8,8 +8,8 @@ import pytest
 from mlx_research.data import cxr
 from mlx_research.data.pipeline import make_eval_iterator
 from mlx_research.data.tokenizer import Vocabulary
+from mlx_research.errors import ConfigError
 from mlx_research.testing import run_with_devices
-from mlx_research.train.errors import ConfigError
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.trainer import Trainer
 from tests.configs import override

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
+from mlx_research.errors import ConfigError
+from mlx_research.testing import REPO_ROOT
 from mlx_research.train import config as config_lib
 from mlx_research.train.trainer import Trainer
-from mlx_research.testing import REPO_ROOT
 from tests.test_trainer import EXPERIMENT, _env, main_cmd, restore_params, tiny_config
 
 
@@ -91,7 +92,7 @@ def test_unusable_workdir_fails_with_one_line(tmp_path, workdir, message):
     ("model.dropout", 1.0, "'model.dropout' must be in [0, 0.99], got 1.0"),
 ])
 def test_config_ranges(key, value, message):
-    with pytest.raises(config_lib.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         config_lib.validate(tiny_config(**{key: value}))
     assert str(e.value) == f"config: {message}"
 
@@ -176,7 +177,7 @@ def test_resume_with_changed_model_or_batch_size_is_refused(tmp_path):
     ]:
         config = tiny_config(total_steps=4, **changed)
         trainer = Trainer(config, str(tmp_path))
-        with pytest.raises(config_lib.ConfigError, match="cannot resume") as e:
+        with pytest.raises(ConfigError, match="cannot resume") as e:
             trainer.train()
         trainer.close()
         assert message in str(e.value) and "\n" not in str(e.value)

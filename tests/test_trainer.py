@@ -17,13 +17,14 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mlx_research.data.pipeline import make_train_iterator, to_global_batch
+from mlx_research.errors import ConfigError
 from mlx_research.prng import step_key
+from mlx_research.testing import REPO_ROOT, run_with_devices
 from mlx_research.train import config as config_lib
 from mlx_research.train.init_from import save_variables
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.step import loss_and_grads
 from mlx_research.train.trainer import NonFiniteLossError, Trainer
-from mlx_research.testing import REPO_ROOT, run_with_devices
 from mlx_research.tree import flatten
 
 EXPERIMENT = "experiments/seq2seq/reverse.py"
@@ -494,7 +495,7 @@ def test_bad_config_fails_with_one_line(tmp_path, flag, message):
 def test_validate_unknown_task():
     config = tiny_config()
     config.task = "no_such_task"
-    with pytest.raises(config_lib.ConfigError, match="'task': unknown task 'no_such_task'"):
+    with pytest.raises(ConfigError, match="'task': unknown task 'no_such_task'"):
         config_lib.validate(config)
 
 
@@ -502,13 +503,13 @@ def test_validate_unknown_key_and_type():
     config = tiny_config()
     config.unlock()
     config.optim.learning_rate = 0.1
-    with pytest.raises(config_lib.ConfigError, match="unknown key 'optim.learning_rate'"):
+    with pytest.raises(ConfigError, match="unknown key 'optim.learning_rate'"):
         config_lib.validate(config)
     config = tiny_config()
     config.unlock()
     del config["total_steps"]
     config.total_steps = "100"
-    with pytest.raises(config_lib.ConfigError, match="'total_steps' must be int"):
+    with pytest.raises(ConfigError, match="'total_steps' must be int"):
         config_lib.validate(config)
 
 
@@ -540,7 +541,7 @@ def test_init_from_round_trips_and_names_a_mis_shaped_key(tmp_path):
     key = sorted(flat)[0]
     flat[key] = flat[key][..., :-1]
     np.savez(tmp_path / "bad.npz", **flat)
-    with pytest.raises(config_lib.ConfigError, match=re.escape(key)):
+    with pytest.raises(ConfigError, match=re.escape(key)):
         fresh_params(tmp_path / "bad.npz", prefix="encoder")
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mlx_research.errors import ConfigError
 from mlx_research.models.detection.yolo import (
     YoloPredictions,
     decode,
@@ -17,7 +18,6 @@ from mlx_research.models.detection.yolo import (
     yolo_loss,
 )
 from mlx_research.testing import run_with_devices
-from mlx_research.train.errors import ConfigError
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.trainer import Trainer
 from tests.configs import override

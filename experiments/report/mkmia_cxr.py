@@ -10,8 +10,8 @@ Result:    see the README's report results table (./launch.sh bench report_cxr m
 """
 
 from experiments.report.r2gen_cxr import get_config as r2gen_config
-from mlx_research.train.config import parse_presets
-from mlx_research.train.tasks.report import config_from_report
+from mlx_research.config_checks import parse_presets
+from mlx_research.train.config import derived_config
 
 PRESETS = ("runlocal", "no_dictionary", "no_history", "coarse_only")
 
@@ -22,7 +22,7 @@ def from_r2gen(r2gen_get_config, arg: str | None, source: str):
     alignment only: no region-word KL); ``source`` names the file in errors."""
     items = parse_presets(arg, PRESETS, source)
     base = r2gen_get_config("runlocal" if "runlocal" in items else None)
-    config = config_from_report("mkmia", base)
+    config = derived_config("mkmia", base)
     config.model.use_dictionary = "no_dictionary" not in items
     config.model.use_history = "no_history" not in items
     config.model.alignment = "coarse" if "coarse_only" in items else "multilevel"

@@ -10,8 +10,8 @@ Result:    see the README's report results table (./launch.sh bench report_cxr n
 """
 
 from experiments.report.r2gen_cxr import get_config as r2gen_config
-from mlx_research.train.config import parse_presets
-from mlx_research.train.tasks.report import config_from_report
+from mlx_research.config_checks import parse_presets
+from mlx_research.train.config import derived_config
 
 PRESETS = ("runlocal", "no_memory", "no_decouple")
 
@@ -22,7 +22,7 @@ def from_r2gen(r2gen_get_config, arg: str | None, source: str):
     (plain token cross-entropy, no semantic heads); ``source`` names the file in errors."""
     items = parse_presets(arg, PRESETS, source)
     base = r2gen_get_config("runlocal" if "runlocal" in items else None)
-    config = config_from_report("nadm", base)
+    config = derived_config("nadm", base)
     config.optim.wd_exclude = (*config.optim.wd_exclude, "^report_uncertainty$")
     config.model.abnormal_memory = "no_memory" not in items
     config.model.decouple = "no_decouple" not in items

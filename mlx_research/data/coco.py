@@ -4,7 +4,7 @@ The instances JSON is read once with plain ``json`` and kept unchanged as ``coco
 evaluator hands it to pycocotools as ground truth). Examples follow the detection data
 contract: ``{"image": [H, W, 3] uint8, "boxes": [n, 4] float32 xyxy pixels, "labels": [n] int32
 in 1..K, "crowd": [n] bool}``. Problems with the folder or the file end in a one-line
-:class:`~mlx_research.train.errors.ConfigError` naming the file and the entry.
+:class:`~mlx_research.errors.ConfigError` naming the file and the entry.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mlx_research.train.errors import ConfigError
+from mlx_research.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

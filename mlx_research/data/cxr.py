@@ -260,7 +260,7 @@ class SyntheticCXR:
     def study(self, index: int) -> dict:
         """The study's text and labels: {"id", "patient_id", "report", "prior_report",
         "findings" (finding -> severity), "details" (finding -> severity, grade, side / lobe /
-        device), "chexpert" (what `clinical.label_report(report)` returns), "sentences"
+        device), "chexpert" (what `chexpert.label_report(report)` returns), "sentences"
         ([(raw sentence, abnormal)]), "site"}."""
         index = checked_index(index, self.num_studies)
         site, details, status, prior = self._draw(index)

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from mlx_research.data.pipeline import checked_index
-from mlx_research.train.errors import ConfigError
+from mlx_research.errors import ConfigError
 
 DATASETS = ("iu_xray", "mimic_cxr")
 DEFAULTS = {

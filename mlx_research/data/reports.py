@@ -13,11 +13,10 @@ from typing import Protocol
 
 import numpy as np
 
-from mlx_research.data import cxr, r2gen
+from mlx_research.data import chexpert, cxr, r2gen
 from mlx_research.data.knowledge import default_knowledge, token_tags
 from mlx_research.data.pipeline import checked_index, last_index_cache
 from mlx_research.data.tokenizer import Vocabulary
-from mlx_research.evaluation import clinical
 
 
 class Studies(Protocol):
@@ -82,7 +81,7 @@ class R2GenStudies:
         self.dataset = dataset
         self.annotations = r2gen.R2GenAnnotations(
             root, split, dataset, image_dir=image_dir, annotation_file=annotation_file)
-        self.csv_labels = clinical.read_chexpert_csv(chexpert_csv) if chexpert_csv else None
+        self.csv_labels = chexpert.read_chexpert_csv(chexpert_csv) if chexpert_csv else None
         self._priors = _previous_studies(self.annotations) if dataset == "mimic_cxr" else {}
 
     def __len__(self) -> int:
@@ -107,7 +106,7 @@ class R2GenStudies:
             study = str(self.annotations.entry(index).get("study_id", ""))
             if study in self.csv_labels:
                 return dict(self.csv_labels[study])
-        return clinical.label_report(self.cleaned(index))
+        return chexpert.label_report(self.cleaned(index))
 
 
 def _previous_studies(annotations: r2gen.R2GenAnnotations) -> dict[int, int]:
@@ -138,7 +137,7 @@ class ReportExamples:
 
     def __init__(self, studies: Studies, vocab: Vocabulary, max_len: int, *, extras: bool = False,
                  knowledge: dict | None = None,
-                 observations: tuple[str, ...] = clinical.CHEXPERT_LABELS):
+                 observations: tuple[str, ...] = chexpert.CHEXPERT_LABELS):
         self.studies, self.vocab, self.max_len = studies, vocab, max_len
         self.extras, self.observations = extras, observations
         self.knowledge = knowledge if knowledge is not None else default_knowledge()

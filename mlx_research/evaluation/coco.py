@@ -24,7 +24,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from mlx_research.data.pipeline import RandomAccessSource, Transform
-from mlx_research.train.evaluators import Batch, Evaluator, Predictions
+from mlx_research.evaluation.base import Batch, Evaluator, Predictions
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
 """Names of `COCOeval.stats[0..8]`, in order: AP@[.5:.95], AP@.5, AP@.75, AP small/medium/large,

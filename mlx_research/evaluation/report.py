@@ -21,9 +21,10 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mlx_research.data import chexpert
 from mlx_research.data.reports import ReportExamples
 from mlx_research.evaluation import clinical, nlg
-from mlx_research.train.evaluators import Batch, Evaluator, Predictions
+from mlx_research.evaluation.base import Batch, Evaluator, Predictions
 
 _PANEL_WIDTH = 560  # pixels of text beside each picture
 _LINE_HEIGHT = 12
@@ -44,7 +45,7 @@ class ReportEvaluator(Evaluator):
 
     def __init__(self, source: ReportExamples, transform: Callable[[dict], dict],
                  generate_fn: Callable[[Any, Batch], jax.Array], *,
-                 observations: Sequence[str] = clinical.CHEXPERT_LABELS,
+                 observations: Sequence[str] = chexpert.CHEXPERT_LABELS,
                  abnormal_observations: Sequence[str] = (),
                  num_pictures: int = 4, meteor: bool = True):
         self.source = source
@@ -81,7 +82,7 @@ class ReportEvaluator(Evaluator):
         scores = nlg.caption_scores([r for _, r, _ in rows], [g for _, _, g in rows],
                                     meteor=self.meteor)
         reference = [self.studies.reference_labels(i) for i, _, _ in rows]
-        predicted = [clinical.label_report(g) for _, _, g in rows]
+        predicted = [chexpert.label_report(g) for _, _, g in rows]
         for key, value in clinical.clinical_scores(reference, predicted, self.observations).items():
             scores[f"clinical_{key}"] = value
         if self.abnormal:
@@ -94,7 +95,7 @@ class ReportEvaluator(Evaluator):
         os.makedirs(directory, exist_ok=True)
         rows = [{"id": self.studies.study_id(i), "reference": ref, "generated": gen,
                  "reference_labels": self.studies.reference_labels(i),
-                 "generated_labels": clinical.label_report(gen)} for i, ref, gen in self._rows()]
+                 "generated_labels": chexpert.label_report(gen)} for i, ref, gen in self._rows()]
         path = os.path.join(directory, f"reports_{step:08d}.json")
         with open(path, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)

@@ -13,9 +13,10 @@ from typing import Any
 
 import ml_collections
 
+from mlx_research.config_checks import check_choices, check_ranges
+from mlx_research.errors import ConfigError
 from mlx_research.nn.regularization import DEFAULT_EXCLUDE
 from mlx_research.prng import RNG_IMPLS
-from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import get_task
 
 
@@ -86,6 +87,20 @@ def default_config(task: str) -> ml_collections.ConfigDict:
     return c
 
 
+def derived_config(task: str, base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A config of ``task`` carrying every field of ``base``, another task's config (e.g. NADM or
+    MKMIA on an R2Gen config: they subclass the report task); fields only ``task`` has keep their
+    defaults. Configs built this way train the method with exactly the base's model size,
+    optimiser, batch, steps, data and evaluation, so results compare at equal steps."""
+    config = default_config(task)
+    for key, value in base.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            config[key].update(value)
+        elif key != "task":
+            config[key] = value
+    return config
+
+
 _NUMBER = (int, float)
 _CHOICES = {
     "compute_dtype": ("float32", "bfloat16"),
@@ -119,31 +134,6 @@ _RANGES = {
     "data.num_workers": (0, None),
     "eval.batch_size": (1, None),
 }
-
-
-def _get(config: Any, key: str) -> Any:
-    for part in key.split("."):
-        config = config[part]
-    return config
-
-
-def check_ranges(config: ml_collections.ConfigDict, ranges: dict[str, tuple]) -> None:
-    """Raises ConfigError naming the first field of `ranges` ({dotted key: (low, high)}, closed,
-    None = unbounded) whose value lies outside (NaN included)."""
-    for key, (low, high) in ranges.items():
-        value = _get(config, key)
-        if not ((low is None or value >= low) and (high is None or value <= high)):
-            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-            raise ConfigError(f"config: {key!r} must be {bound}, got {value!r}")
-
-
-def check_choices(config: ml_collections.ConfigDict, choices: dict[str, tuple]) -> None:
-    """Raises ConfigError naming the first field of `choices` ({dotted key: allowed}) whose
-    value is not allowed."""
-    for key, allowed in choices.items():
-        value = _get(config, key)
-        if value not in allowed:
-            raise ConfigError(f"config: {key!r} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 def _check(config: Any, reference: Any, prefix: str) -> None:
@@ -192,26 +182,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"grad_accum_steps={config.grad_accum_steps}"
         )
     get_task(config.task).validate_config(config)
-
-
-def parse_presets(arg: str | None, known: tuple[str, ...], source: str) -> list[str]:
-    """The presets of an experiment argument ("a,b" after the config file's ":"), each one of
-    `known`; an unknown one raises ValueError naming `source` (the config file) and the choices."""
-    items = [item for item in (arg or "").split(",") if item]
-    for item in items:
-        if item not in known:
-            raise ValueError(f"{source}: unknown preset {item!r} (known: {', '.join(known)})")
-    return items
-
-
-def check_batch_divisible(config: ml_collections.ConfigDict, divisor: int, what: str) -> None:
-    """Raises ConfigError unless the micro-batch (batch_size / grad_accum_steps) and
-    eval.batch_size are multiples of `divisor` (`what` names it, e.g. "the 8 data devices")."""
-    micro = config.batch_size // config.grad_accum_steps
-    for name, size in (("batch_size / grad_accum_steps", micro),
-                       ("eval.batch_size", config.eval.batch_size)):
-        if size % divisor:
-            raise ConfigError(f"config: {name} = {size} is not divisible by {what}")
 
 
 # Fields a resumed run may change: they alter neither what a checkpoint holds nor the data order.

@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import safetensors.numpy
 
-from mlx_research.train.errors import ConfigError
+from mlx_research.errors import ConfigError
 from mlx_research.tree import flatten, path_name
 
 

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mlx_research.errors import ConfigError
 from mlx_research.nn.regularization import decay_mask
-from mlx_research.train.errors import ConfigError
 from mlx_research.tree import flatten, path_name
 
 _FROZEN, _TRAINABLE = "frozen", "trainable"

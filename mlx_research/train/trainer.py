@@ -20,18 +20,19 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from mlx_research.config_checks import check_batch_divisible
 from mlx_research.data.pipeline import (
     make_eval_iterator,
     make_train_iterator,
     to_global_batch,
     transformed_train_stream,
 )
+from mlx_research.errors import ConfigError
 from mlx_research.nn.barrier import CPU_COMPILER_OPTIONS
 from mlx_research.parallel.mesh import create_mesh
 from mlx_research.parallel.sharding import batch_sharding, get_rules, logical_shardings
 from mlx_research.train import config as config_lib
 from mlx_research.train.checkpoint import Checkpointer, CheckpointMismatch, abstract_like
-from mlx_research.train.errors import ConfigError
 from mlx_research.train.init_from import load_variables, merge_pretrained
 from mlx_research.train.metrics import MetricWriter, ProgressLogger
 from mlx_research.train.optim import (
@@ -66,7 +67,7 @@ class Trainer:
             raise ConfigError(f"config: mesh: {e}") from None
         self.rules = get_rules(config.sharding_rules)
         data_shards = self.mesh.shape["data"]
-        config_lib.check_batch_divisible(
+        check_batch_divisible(
             config, data_shards, f"the {data_shards} data-parallel devices of mesh "
             f"{dict(self.mesh.shape)}"
         )

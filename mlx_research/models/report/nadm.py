@@ -25,7 +25,9 @@ memory decoder and cached decoding); what NADM adds, paper -> code:
   sentence, abnormal sentence, normal semantic, abnormal semantic and the whole report (the
   design notes' 5 parts), each a mean over its tokens, combined with learned homoscedastic-
   uncertainty weights (parameter ``report_uncertainty`` [5]); the task adds ``L_m`` and the
-  asymmetric losses of the two semantic heads.
+  asymmetric losses of the two semantic heads. Token tags are ids the caller defines (the task
+  passes `data.knowledge.TAGS` indices): a plain ``[B, T]`` int array, the number of tags and
+  which ids mark the abnormal and normal semantic words.
 
 Differences from the reference, for static shapes and reuse of R2Gen's layers: the semantic heads
 are query-attention layers (R2Gen decoder layers without memory) instead of BERT layers over the
@@ -48,7 +50,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mlx_research.data.knowledge import TAGS
 from mlx_research.losses.weighting import uncertainty_weighted_sum
 from mlx_research.models.decoding import beam_search, greedy_search
 from mlx_research.models.report.abnormal_memory import AbnormalMemory
@@ -66,27 +67,26 @@ Array = jax.Array
 Dtype = Any
 
 UNCERTAINTY_FORMS = ("kendall", "liebel", "notes")
-REPORT_PARTS = (*TAGS, "report")
-"""The parts of the report loss: the 4 token tags, then the whole report."""
-_ABNORMAL_SEMANTIC = TAGS.index("abnormal_semantic")
-_NORMAL_SEMANTIC = TAGS.index("normal_semantic")
 # torch nn.Linear's default kernel init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 _TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 # ------------------------------------------------------------------ targets and losses
 
-def semantic_targets(tokens: Array, tags: Array, vocab_size: int) -> tuple[Array, Array]:
+def semantic_targets(tokens: Array, tags: Array, vocab_size: int, abnormal_tag: int,
+                     normal_tag: int) -> tuple[Array, Array]:
     """Multi-hot semantic targets: the words a report uses as abnormal / normal semantics.
 
     Args:
       tokens: ``[B, T]`` int report ids.
-      tags: ``[B, T]`` int `TAGS` index of each token (padding: anything but 2 and 3).
+      tags: ``[B, T]`` int token tag of each token (padding: neither semantic tag).
       vocab_size: V.
+      abnormal_tag: the tag of abnormal semantic words.
+      normal_tag: the tag of normal semantic words.
 
     Returns:
-      ``(abnormal, normal)``: ``[B, V]`` float32 each; 1 where a token of that id carries tag
-      "abnormal_semantic" (resp. "normal_semantic").
+      ``(abnormal, normal)``: ``[B, V]`` float32 each; 1 where a token of that id carries
+      ``abnormal_tag`` (resp. ``normal_tag``).
     """
     rows = jnp.arange(tokens.shape[0])[:, None]
 
@@ -94,24 +94,26 @@ def semantic_targets(tokens: Array, tags: Array, vocab_size: int) -> tuple[Array
         hit = (tags == tag).astype(jnp.float32)
         return jnp.zeros((tokens.shape[0], vocab_size), jnp.float32).at[rows, tokens].max(hit)
 
-    return multi_hot(_ABNORMAL_SEMANTIC), multi_hot(_NORMAL_SEMANTIC)
+    return multi_hot(abnormal_tag), multi_hot(normal_tag)
 
 
-def report_part_losses(token_losses: Array, tokens: Array, tags: Array,
+def report_part_losses(token_losses: Array, tokens: Array, tags: Array, num_tags: int,
                        pad_id: int = 0) -> tuple[Array, Array]:
-    """Mean token loss of each part of `REPORT_PARTS` over the batch.
+    """Mean token loss of each report part over the batch: every tag, then the whole report.
 
     Args:
       token_losses: ``[B, T]`` per-token losses.
       tokens: ``[B, T]`` target ids; ``pad_id`` tokens belong to no part.
-      tags: ``[B, T]`` `TAGS` index of each token.
+      tags: ``[B, T]`` tag of each token, in ``[0, num_tags)``.
+      num_tags: number of token tags.
       pad_id: padding id.
 
     Returns:
-      ``(means [5], present [5] bool)``; an empty part has mean 0 and ``present`` False.
+      ``(means [num_tags + 1], present [num_tags + 1] bool)``; an empty part has mean 0 and
+      ``present`` False.
     """
     real = tokens != pad_id
-    masks = jnp.stack([real & (tags == i) for i in range(len(TAGS))] + [real])
+    masks = jnp.stack([real & (tags == i) for i in range(num_tags)] + [real])
     sums = jnp.sum(jnp.where(masks, token_losses.astype(jnp.float32), 0.0), axis=(1, 2))
     counts = jnp.sum(masks, axis=(1, 2))
     return sums / jnp.maximum(counts, 1), counts > 0
@@ -150,15 +152,16 @@ def decoupled_report_loss(token_losses: Array, tokens: Array, tags: Array, uncer
     Args:
       token_losses: ``[B, T]`` per-token cross-entropy.
       tokens: ``[B, T]`` target ids.
-      tags: ``[B, T]`` `TAGS` indices.
-      uncertainty: ``[5]`` one per `REPORT_PARTS`.
+      tags: ``[B, T]`` tag of each token, in ``[0, P - 1)``.
+      uncertainty: ``[P]`` one per report part: each tag, then the whole report.
       form: one of `UNCERTAINTY_FORMS`.
       pad_id: padding id.
 
     Returns:
-      ``(loss, part means [5])``.
+      ``(loss, part means [P])``.
     """
-    parts, present = report_part_losses(token_losses, tokens, tags, pad_id)
+    num_tags = uncertainty.shape[0] - 1
+    parts, present = report_part_losses(token_losses, tokens, tags, num_tags, pad_id)
     terms = uncertainty_terms(parts, uncertainty, form)
     return jnp.sum(jnp.where(present, terms, 0.0)), parts
 
@@ -215,6 +218,9 @@ class NADM(R2Gen):
       uncertainty_form: "kendall" | "liebel" | "notes" (initial s = 0 / sigma = 1).
       report_trains_visual: the report loss reaches the visual network (the reference detaches
         the decoder's visual features; only with ``decouple``).
+      num_token_tags: token tags of the report loss (NADM's 4: normal / abnormal sentence,
+        normal / abnormal semantic); ``report_uncertainty`` has one entry per tag and one for
+        the whole report.
     """
 
     abnormal_memory: bool = True
@@ -225,6 +231,7 @@ class NADM(R2Gen):
     semantic_layers: int = 3
     uncertainty_form: str = "liebel"
     report_trains_visual: bool = False
+    num_token_tags: int = 4
 
     def setup(self) -> None:
         super().setup()
@@ -257,7 +264,8 @@ class NADM(R2Gen):
         self.tag_dropout = nn.Dropout(self.dropout)
         init = (nn.initializers.zeros if self.uncertainty_form == "kendall"
                 else nn.initializers.ones)
-        self.report_uncertainty = self.param("report_uncertainty", init, (len(REPORT_PARTS),))
+        self.report_uncertainty = self.param("report_uncertainty", init,
+                                             (self.num_token_tags + 1,))
 
     def patch_features(self, images: Array, train: bool = False) -> Array:
         """R2Gen's visual extractor and ``att_embed`` + ReLU, then LN (the reference's visual
@@ -327,7 +335,8 @@ class NADM(R2Gen):
 
         Returns:
           ``{"logits": [B, T, vocab] float32, **aux}`` (see `context`) and, with ``decouple``,
-          ``"uncertainty"``: the ``[5]`` parameter of `decoupled_report_loss`.
+          ``"uncertainty"``: the ``[num_token_tags + 1]`` parameter of
+          `decoupled_report_loss`.
         """
         context, aux = self.context(images, abnormal_targets, normal_targets, abnormal, train)
         outputs = {"logits": self.decode(context, decoder_inputs, train), **aux}

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mlx_research.train.evaluators import Evaluator
+from mlx_research.evaluation.base import Evaluator
 
 Batch = Mapping[str, Any]
 
@@ -37,7 +37,7 @@ class Task:
 
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
-        """Raises mlx_research.train.errors.ConfigError for task-specific inconsistencies,
+        """Raises mlx_research.errors.ConfigError for task-specific inconsistencies,
         including data paths that do not exist (one line naming the key and the path)."""
 
     def prepare_workdir(self, workdir: str) -> None:

@@ -14,12 +14,12 @@ import os
 
 import ml_collections
 
+from mlx_research.config_checks import check_choices, check_ranges
 from mlx_research.data import coco as coco_data
 from mlx_research.data import shapes
 from mlx_research.data.detection_transforms import DetectionTransform
+from mlx_research.errors import ConfigError
 from mlx_research.evaluation.coco import CocoEvaluator
-from mlx_research.train.config import check_choices, check_ranges
-from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import base
 
 BACKBONES = ("small_cnn", "resnet18", "resnet34", "resnet50")

@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mlx_research.config_checks import check_choices, check_ranges
+from mlx_research.errors import ConfigError
 from mlx_research.models.detection import rcnn
 from mlx_research.models.detection.faster_rcnn import FasterRCNN
 from mlx_research.ops.anchors import anchor_grid
 from mlx_research.ops.roi import multiscale_roi_align, roi_align
-from mlx_research.train.config import check_choices, check_ranges
-from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import detection
 
 _RANGES = {

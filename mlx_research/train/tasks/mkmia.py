@@ -30,13 +30,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mlx_research.config_checks import check_choices, check_ranges
 from mlx_research.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
+from mlx_research.errors import ConfigError
 from mlx_research.losses.classification import cross_entropy
 from mlx_research.models.decoding import shift_right
 from mlx_research.models.report.alignment import coarse_alignment_losses, fine_alignment_kl
 from mlx_research.models.report.mkmia import ALIGNMENTS, KNOWLEDGE_FIELDS, MKMIA, generate
-from mlx_research.train.config import check_choices, check_ranges
-from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import report
 
 _RANGES = {

@@ -27,13 +27,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mlx_research.config_checks import check_choices, check_ranges
+from mlx_research.data.knowledge import TAGS
 from mlx_research.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from mlx_research.errors import ConfigError
 from mlx_research.losses.classification import asymmetric_loss, cross_entropy
 from mlx_research.models.decoding import shift_right
 from mlx_research.models.report import nadm
 from mlx_research.ops.matching import MATCHERS
-from mlx_research.train.config import check_choices, check_ranges
-from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import report
 
 _RANGES = {
@@ -47,6 +48,7 @@ _RANGES = {
     "loss.asl_gamma_pos": (0, None),
     "loss.asl_clip": (0, 1),
 }
+_REPORT_PARTS = (*TAGS, "report")  # the parts of the report loss: each token tag, the report
 
 
 class Task(report.Task):
@@ -87,12 +89,13 @@ class Task(report.Task):
             raise ConfigError(f"config: 'model.semantic_topk' = {self.config.model.semantic_topk} "
                               f"exceeds the vocabulary ({self.output_size()} ids)")
         return nadm.NADM(vocab_size=self.output_size(), max_len=self.max_len, pad_id=PAD_ID,
-                         dtype=self.dtype, **self.config.model)
+                         dtype=self.dtype, num_token_tags=len(TAGS), **self.config.model)
 
     def model_inputs(self, batch):
         tokens = batch["tokens"]
         abnormal_targets, normal_targets = nadm.semantic_targets(
-            tokens, batch["token_tags"], self.output_size())
+            tokens, batch["token_tags"], self.output_size(),
+            abnormal_tag=TAGS.index("abnormal_semantic"), normal_tag=TAGS.index("normal_semantic"))
         return {"images": batch["image"], "decoder_inputs": shift_right(tokens, BOS_ID),
                 "abnormal_targets": abnormal_targets, "normal_targets": normal_targets,
                 "abnormal": batch["labels"][:, self.observations().index("No Finding")] < 0.5}
@@ -116,7 +119,7 @@ class Task(report.Task):
             report_loss, parts = nadm.decoupled_report_loss(
                 token_losses, tokens, batch["token_tags"], outputs["uncertainty"],
                 m.uncertainty_form, PAD_ID)
-            metrics.update({f"ce_{name}": parts[i] for i, name in enumerate(nadm.REPORT_PARTS)})
+            metrics.update({f"ce_{name}": parts[i] for i, name in enumerate(_REPORT_PARTS)})
             for name, weight in (("abnormal", w.abnormal_weight), ("normal", w.normal_weight)):
                 semantic = asymmetric_loss(
                     outputs[f"{name}_logits"], inputs[f"{name}_targets"],

@@ -20,18 +20,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mlx_research.config_checks import check_choices, check_ranges
 from mlx_research.data import cxr, r2gen
+from mlx_research.data.chexpert import CHEXPERT_LABELS
 from mlx_research.data.knowledge import default_knowledge, load_knowledge
 from mlx_research.data.report_transforms import ReportImageTransform
 from mlx_research.data.reports import R2GenStudies, ReportExamples, SyntheticStudies
 from mlx_research.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Vocabulary
-from mlx_research.evaluation.clinical import CHEXPERT_LABELS
+from mlx_research.errors import ConfigError
 from mlx_research.evaluation.report import ReportEvaluator
 from mlx_research.losses.classification import cross_entropy
 from mlx_research.models.decoding import shift_right
 from mlx_research.models.report.r2gen import R2Gen, generate
-from mlx_research.train.config import check_choices, check_ranges, default_config
-from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import base
 
 _RANGES = {
@@ -62,20 +62,6 @@ _RANGES = {
 _DEFAULTS = {"synthetic": dict(threshold=3, max_len=60), **{
     name: dict(threshold=d["threshold"], max_len=d["max_len"]) for name, d in r2gen.DEFAULTS.items()}}
 _SYNTHETIC_MEAN, _SYNTHETIC_STD = (0.5,), (0.25,)  # grayscale renderings in [0, 1]
-
-
-def config_from_report(task: str, base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A config of ``task`` (a subclass of this task: "nadm", "mkmia") carrying every field of the
-    report-task (R2Gen) config ``base``; the subclass's own fields keep their defaults. Configs
-    built this way train the method with exactly the baseline's model size, optimiser, batch,
-    steps, data and evaluation, so results compare at equal steps."""
-    config = default_config(task)
-    for key, value in base.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            config[key].update(value)
-        elif key != "task":
-            config[key] = value
-    return config
 
 
 class Task(base.Task):

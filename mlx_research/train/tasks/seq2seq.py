@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mlx_research.config_checks import check_batch_divisible, check_choices, check_ranges
 from mlx_research.data import seq2seq as data
+from mlx_research.errors import ConfigError
+from mlx_research.evaluation.base import SumEvaluator
 from mlx_research.losses.classification import cross_entropy
 from mlx_research.models.decoding import shift_right
 from mlx_research.models.seq2seq import Seq2SeqTransformer, generate
-from mlx_research.train.config import check_batch_divisible, check_choices, check_ranges
-from mlx_research.train.errors import ConfigError
-from mlx_research.train.evaluators import SumEvaluator
 from mlx_research.train.tasks import base
 
 

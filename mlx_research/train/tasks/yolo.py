@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mlx_research.config_checks import check_choices, check_ranges
+from mlx_research.errors import ConfigError
 from mlx_research.models.detection import yolo
-from mlx_research.train.config import check_choices, check_ranges
-from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import detection
 
 _RANGES = {
