@@ -7,22 +7,35 @@ positive (1), negative (0) or uncertain (-1), in the spirit of the CheXpert labe
 come from cue phrases instead of its dependency-parse patterns (no parser is installable offline).
 
 Per mention, within its clause (a sentence cut at "but", "however", "although", "though",
-"except", "whereas", "which", ";" and ", the" / ", there" / "and the" / "and there"):
-  1. exclusion uncertainty ("cannot exclude", "can not be ruled out", "is not excluded", and
-     "no new" before the mention, as CheXpert) -> -1;
-  2. the nearest cue before the mention: negation ("no", "not", "without", "negative for",
-     "free of", "clear of", "absence of", "resolution of", "removal of", "resolved", "removed")
-     -> 0, uncertainty ("possible", "may", "could", "likely", "suggest...", "questionable",
-     "borderline", "versus", "concern for", ...) -> -1; "no change" is no cue, and "to suggest"
-     is one only when no other cue precedes it;
-  3. else a cue after the mention: "has resolved", "has been removed", "is not seen", "no longer
-     seen", "is absent" -> 0; "is likely", "is possible", "may be", "versus" -> -1;
+"except", "whereas", "which", ";" and ", the" / ", there" / "and the" / "and there"), in
+CheXpert's order (pre-negation uncertainty, then negation, then post-negation uncertainty):
+  1. exclusion uncertainty ("cannot exclude", "cannot be entirely excluded", "can not be ruled
+     out", "is not excluded", and "no new" before the mention) -> -1;
+  2. negation -> 0: the nearest cue before the mention is a negation ("no", "not", "without",
+     "negative for", "free of", "clear of", "absence of", "resolution of", "removal of",
+     "resolved", "removed"), or an uncertainty cue right after a negation with no mention between
+     ("no suspicious opacity"); relational uncertainty cues ("suspicious for", "concerning for",
+     "suggestive of", "to suggest") leave an earlier negation in charge ("no opacity concerning
+     for pneumonia"); or a negation after the mention ("has resolved", "has been removed", "is
+     not seen", "no longer seen", "is absent");
+  3. uncertainty -> -1: the nearest cue before the mention is an uncertainty cue ("possible",
+     "may", "could", "likely", "suggest...", "questionable", "suspicious", "borderline", "versus",
+     "concern for", ...), or only relational ones precede it; or after the mention an uncertainty
+     predicate that no other mention follows ("is likely", "is suspected", "may be": "effusion
+     may be present", but "opacity may be atelectasis" leaves the opacity positive), or a
+     conjunction right after it ("versus", "and/or": "atelectasis versus pneumonia", but not
+     "effusion with atelectasis versus pneumonia"); or a mention hedged by itself ("vascular
+     congestion", "indistinctness", "vascular prominence" for Edema, as CheXpert);
   4. else 1.
+"no change" and "no longer" are no cues; cues are whole words, so "non-suspicious" holds none;
+a cue before a mention reaches no further than a "with" that follows another mention ("likely
+atelectasis, with small effusion": the effusion is positive), "consistent with" and "compatible
+with" excepted.
 Organ descriptors ("heart size", "the heart", "cardiac silhouette" for Cardiomegaly;
 "mediastinum", "mediastinal contours", "cardiomediastinal silhouette" for Enlarged
 Cardiomediastinum) are labelled by their nearest qualifier in the clause (after them first, else
-before): "normal", "unremarkable", "within normal limits", "not enlarged" -> 0; "borderline",
-"top normal", "upper limits of normal", "stable", "unchanged" -> -1 (CheXpert's rules);
+before): "normal", "unremarkable", "within normal limits", "upper limits of normal", "not
+enlarged" -> 0; "borderline", "top normal", "stable", "unchanged" -> -1 (CheXpert's rules);
 "enlarged", "enlargement", "widened", "prominent", "increased" -> 1, then rules 1-3 at the
 qualifier; no qualifier -> no mention.
 Aggregation as CheXpert: per observation positive beats uncertain beats negative; a positive or
@@ -89,42 +102,53 @@ _DESCRIPTORS = {
     "Enlarged Cardiomediastinum": r"(?:cardio)?mediastinum|(?:cardio)?mediastinal (?:contours?"
                                   r"|silhouettes?|configuration|width|structures|shadow)",
 }
-_QUALIFIER = re.compile(
-    r"\b(?:(?P<unc>borderline|top-? ?normal|upper limits? of normal|upper normal|stable"
-    r"|unchanged)|(?P<neg>within normal limits|normal|unremarkable|not (?:enlarged|widened))"
-    r"|(?P<pos>enlarged|enlargement|large|widened|widening|prominent|increased))\b")
+_HEDGED = re.compile(
+    r"(?:pulmonary )?vascular congestion|pulmonary congestion|indistinctness|vascular prominence")
+"""Edema mentions that are themselves uncertain (CheXpert's post-negation uncertainty)."""
 
-_EXCLUSION = re.compile(
-    r"\b(?:cannot|can not|not|could not|may not) (?:be )?(?:excluded|exclude|ruled out"
-    r"|rule out)\b")
-_NO_NEW = re.compile(r"\bno new\b")
-_PSEUDO = re.compile(
-    r"\b(?:(?:no|without) (?:significant |interval |definite )?(?:change|increase)|not only"
-    r"|no longer)\b")
-_PRE = re.compile(
-    r"\b(?:(?P<neg>no|not|without|negative for|free of|clear of|absence of|resolution of"
-    r"|removal of|resolved|removed|rather than)|(?P<unc>possible|possibly|may|might|could"
-    r"|likely|probable|probably|questionable|question of|suspicious|suspect\w*|suggest\w*"
-    r"|borderline|equivocal|indeterminate|concern(?:ing)? for|worrisome|presum\w*|versus|vs"
-    r"|andor|and/or|differential|consider\w*|rule out)|(?P<cont>to (?:suggest|indicate)))\b")
-_POST = re.compile(
-    r"\b(?:(?P<neg>(?:has|have|had) (?:\w+ )?resolved|resolved|(?:has|have) been removed"
-    r"|removed|(?:is|are|was|were) (?:now )?absent|not (?:seen|identified|present|visualized"
+
+def _word_pattern(pattern: str) -> re.Pattern:
+    """Whole words only: a hyphenated prefix is part of a description ("non-suspicious")."""
+    return re.compile(rf"(?<![\w-])(?:{pattern})(?![\w-])")
+
+
+_QUALIFIER = _word_pattern(
+    r"(?P<unc>borderline|top-? ?normal|upper normal|stable|unchanged)"
+    r"|(?P<neg>upper limits? of normal|within normal limits|normal"
+    r"|unremarkable|not (?:enlarged|widened))"
+    r"|(?P<pos>enlarged|enlargement|large|widened|widening|prominent|increased)")
+_EXCLUSION = _word_pattern(
+    r"(?:cannot|can not|not|could not|may not) (?:be )?(?:\w+ )?(?:excluded|exclude|ruled out"
+    r"|rule out)")
+_NO_NEW = _word_pattern(r"no new")
+_PSEUDO = _word_pattern(
+    r"(?:no|without) (?:significant |interval |definite )?(?:change|increase)|not only"
+    r"|no longer")
+_PRE = _word_pattern(
+    r"(?P<neg>no|not|without|negative for|free of|clear of|absence of|resolution of|removal of"
+    r"|resolved|removed|rather than)"
+    r"|(?P<rel>(?:suspicious|concerning|worrisome) for|suggestive of|to (?:suggest|indicate))"
+    r"|(?P<unc>possible|possibly|may|might|could|likely|probable|probably|questionable"
+    r"|question of|suspicious|suspect\w*|suggest\w*|borderline|equivocal|indeterminate"
+    r"|concern for|worrisome|presum\w*|versus|vs|andor|and/or|differential|consider\w*"
+    r"|rule out)")
+_POST = _word_pattern(
+    r"(?P<neg>(?:has|have|had) (?:\w+ )?resolved|resolved|(?:has|have) been removed|removed"
+    r"|(?:is|are|was|were) (?:now )?absent|not (?:seen|identified|present|visualized"
     r"|demonstrated|appreciated|evident)|no longer (?:seen|visualized|present|evident))"
-    r"|(?P<unc>(?:is|are) (?:likely|possible|suspected|questionable)|may be|versus|vs))\b")
+    r"|(?P<unc>(?:is|are) (?:likely|possible|suspected|questionable)|may be)"
+    r"|(?P<conj>versus|vs|andor|and/or)")
+_WITH = _word_pattern(r"(?<!consistent )(?<!compatible )with")
 _CLAUSE_BREAK = re.compile(
     r"\b(?:but|however|although|though|except|whereas|which)\b|;|,\s*(?:and\s+)?(?:the|there)\b"
     r"|\band\s+(?:the|there)\b")
 _SENTENCE_BREAK = re.compile(r"(?<!\d)\.(?!\d)|[?!\n]")
 
-
-def _word_pattern(pattern: str) -> re.Pattern:
-    return re.compile(rf"(?<![\w-])(?:{pattern})(?![\w-])")
-
-
 _MENTION_RES = {name: _word_pattern(p) for name, p in _MENTIONS.items()}
 _UNMENTION_RES = {name: _word_pattern(p) for name, p in _UNMENTION.items()}
 _DESCRIPTOR_RES = {name: _word_pattern(p) for name, p in _DESCRIPTORS.items()}
+
+_Spans = list[tuple[int, int]]  # (start, end) of the mentions in a clause
 
 
 def _clauses(text: str) -> list[str]:
@@ -140,24 +164,56 @@ def _mask(text: str, pattern: re.Pattern) -> str:
     return pattern.sub(lambda m: " " * len(m.group()), text)
 
 
-def _cue_label(clause: str, start: int, end: int) -> int:
+def _mention_between(spans: _Spans, lo: int, hi: int) -> bool:
+    """True when one of the clause's mention ``spans`` lies within ``[lo, hi)``."""
+    return any(lo <= start and end <= hi for start, end in spans)
+
+
+def _pre_cue(clause: str, spans: _Spans, start: int) -> str | None:
+    """What the cues before a mention at ``clause[start:]`` say: "neg", "unc" or None."""
+    before = _mask(clause[:start], _PSEUDO)
+    cues = [m for m in _PRE.finditer(before)  # a cue's phrase ends at "with" after a mention
+            if not any(_mention_between(spans, m.end(), w.start())
+                       for w in _WITH.finditer(before, m.end()))]
+    plain = [m for m in cues if not m.group("rel")]
+    if not plain:  # "opacity concerning for pneumonia"; "no X to suggest Y" has a plain "no"
+        return "unc" if cues else None
+    last = plain[-1]
+    if last.group("neg"):
+        return "neg"
+    negation = plain[-2] if len(plain) > 1 and plain[-2].group("neg") else None
+    if negation and not _mention_between(spans, negation.end(), last.start()):
+        return "neg"  # "no suspicious opacity": the negation scopes over the uncertainty word
+    return "unc"
+
+
+def _post_cue(clause: str, spans: _Spans, end: int) -> str | None:
+    """What the cues after a mention ending at ``clause[:end]`` say: "neg", "unc" or None."""
+    post = list(_POST.finditer(clause, end))
+    if any(m.group("neg") for m in post):
+        return "neg"
+    for m in post:
+        if m.group("conj") and not _mention_between(spans, end, m.start()):
+            return "unc"  # "atelectasis versus pneumonia", not "effusion with X versus Y"
+        if m.group("unc") and not any(start >= m.end() for start, _ in spans):
+            return "unc"  # "effusion may be present", not "opacity may be atelectasis"
+    return None
+
+
+def _cue_label(clause: str, spans: _Spans, start: int, end: int) -> int:
     """The label of a mention spanning ``clause[start:end]`` (rules 1-4 of the module docstring)."""
     before, after = clause[:start], clause[end:]
     if _EXCLUSION.search(before) or _EXCLUSION.search(after) or _NO_NEW.search(before):
         return -1
-    pre = list(_PRE.finditer(_mask(before, _PSEUDO)))
-    cues = [m for m in pre if not m.group("cont")]
-    if cues:  # "no consolidation to suggest pneumonia": the negation reaches past "to suggest"
-        return 0 if cues[-1].group("neg") else -1
-    if pre:
+    pre, post = _pre_cue(clause, spans, start), _post_cue(clause, spans, end)
+    if "neg" in (pre, post):
+        return 0
+    if "unc" in (pre, post) or _HEDGED.fullmatch(clause, start, end):
         return -1
-    post = _POST.search(after)
-    if post:
-        return 0 if post.group("neg") else -1
     return 1
 
 
-def _descriptor_label(clause: str, start: int, end: int) -> int | None:
+def _descriptor_label(clause: str, spans: _Spans, start: int, end: int) -> int | None:
     """The label of an organ descriptor at ``clause[start:end]`` from its qualifier, or None."""
     qualifier = _QUALIFIER.search(clause, end)
     if qualifier is None:
@@ -169,19 +225,20 @@ def _descriptor_label(clause: str, start: int, end: int) -> int | None:
         return 0
     if qualifier.group("unc"):
         return -1
-    return _cue_label(clause, qualifier.start(), qualifier.end())
+    return _cue_label(clause, spans, qualifier.start(), qualifier.end())
 
 
 def _mentions(clause: str) -> list[tuple[str, str, int]]:
     """(observation, mention text, label) of every mention in one clause."""
-    found = []
+    matches = []
     for name, pattern in _MENTION_RES.items():
         masked = _mask(clause, _UNMENTION_RES[name]) if name in _UNMENTION_RES else clause
-        found += [(name, m.group(), _cue_label(clause, m.start(), m.end()))
-                  for m in pattern.finditer(masked)]
+        matches += [(name, m) for m in pattern.finditer(masked)]
+    spans = [m.span() for _, m in matches]
+    found = [(name, m.group(), _cue_label(clause, spans, *m.span())) for name, m in matches]
     for name, pattern in _DESCRIPTOR_RES.items():
         for m in pattern.finditer(clause):
-            label = _descriptor_label(clause, m.start(), m.end())
+            label = _descriptor_label(clause, spans, m.start(), m.end())
             if label is not None:
                 found.append((name, m.group(), label))
     return found
