@@ -1,4 +1,5 @@
-"""Tests for greedy/beam search (mlx_research.models.decoding) and cached seq2seq `generate`.
+"""Tests for mlx_research.models.decoding (greedy/beam search, `search`, `DecodeState`,
+`cached_step`) and the seq2seq model's decoding step.
 
 Search tests use a step whose logits come from a random table indexed by (example, generated
 prefix); the prefix is read from the cache, so wrong tiling or reordering of the cache changes the
@@ -13,8 +14,8 @@ import pytest
 from flax.linen import meta
 from scipy.special import log_softmax
 
-from mlx_research.models.decoding import beam_search, greedy_search
-from mlx_research.models.seq2seq import Seq2SeqTransformer, generate, init_cache, make_step
+from mlx_research.models.decoding import DecodeState, beam_search, cached_step, search
+from mlx_research.models.seq2seq import Seq2SeqTransformer, make_step
 
 PAD = -1  # search tests: outside the vocabulary, so a pad in the output is never a real token
 
@@ -90,12 +91,23 @@ def np_greedy(table, example, eos, max_len):
     return seq + [PAD] * (max_len - len(seq))
 
 
-def search(table, max_len, beam_size=None, length_penalty=1.0, eos=0):
+def table_ids(table, max_len, eos):
+    return dict(batch_size=table.shape[0], max_len=max_len, bos_id=table.shape[-1], eos_id=eos,
+                pad_id=PAD)
+
+
+def run_search(table, max_len, beam_size=1, length_penalty=1.0, eos=0):
+    """Tokens of `search` (greedy for beam_size 1) on the table model."""
     step, cache = table_model(table, max_len)
-    ids = dict(batch_size=table.shape[0], max_len=max_len, bos_id=table.shape[-1], eos_id=eos,
-               pad_id=PAD)
-    if beam_size is None:
-        return np.asarray(jax.jit(lambda c: greedy_search(step, c, **ids))(cache))
+    ids = table_ids(table, max_len, eos)
+    run = jax.jit(lambda c: search(step, c, beam_size, length_penalty=length_penalty, **ids))
+    return np.asarray(run(cache))
+
+
+def run_beam_search(table, max_len, beam_size, length_penalty=1.0, eos=0):
+    """(tokens, scores) of `beam_search` on the table model."""
+    step, cache = table_model(table, max_len)
+    ids = table_ids(table, max_len, eos)
     run = jax.jit(lambda c: beam_search(step, c, beam_size=beam_size,
                                         length_penalty=length_penalty, **ids))
     return tuple(np.asarray(a) for a in run(cache))
@@ -107,7 +119,7 @@ def search(table, max_len, beam_size=None, length_penalty=1.0, eos=0):
 def test_greedy_search_matches_numpy_and_pads_after_eos():
     batch, vocab, max_len, eos = 6, 3, 5, 0
     table = random_table(0, batch, vocab, max_len)
-    out = search(table, max_len, eos=eos)
+    out = run_search(table, max_len, eos=eos)
     ref = np.array([np_greedy(table, b, eos, max_len) for b in range(batch)])
     np.testing.assert_array_equal(out, ref)
     assert (ref == PAD).any() and (ref != PAD).all(axis=1).any()  # early EOS and none
@@ -123,11 +135,12 @@ def test_exhaustive_beam_search_returns_best_hypothesis(vocab, max_len, length_p
     batch, eos = 3, 1
     beam = (vocab - 1) ** (max_len - 1) * vocab  # candidates of the last step
     table = random_table(1, batch, vocab, max_len)
-    tokens, scores = search(table, max_len, beam, length_penalty, eos)
-    for b in range(batch):
-        ref_tokens, ref_score = np_best(table, b, eos, max_len, length_penalty)
+    tokens, scores = run_beam_search(table, max_len, beam, length_penalty, eos)
+    refs = [np_best(table, b, eos, max_len, length_penalty) for b in range(batch)]
+    for b, (ref_tokens, ref_score) in enumerate(refs):
         np.testing.assert_array_equal(tokens[b], ref_tokens)
         np.testing.assert_allclose(scores[b], ref_score, rtol=1e-5)
+    np.testing.assert_array_equal(run_search(table, max_len, beam, length_penalty, eos), tokens)
 
 
 def test_length_penalty_can_change_the_winner():
@@ -141,17 +154,19 @@ def test_length_penalty_can_change_the_winner():
     else:
         pytest.fail("no table where the length penalty changes the winner")
     for lp in (0, 1):
-        tokens, scores = search(table, max_len, beam, float(lp), eos)
+        tokens, scores = run_beam_search(table, max_len, beam, float(lp), eos)
+        searched = run_search(table, max_len, beam, float(lp), eos)
         for b in range(batch):
             np.testing.assert_array_equal(tokens[b], best[lp][b][0])
+            np.testing.assert_array_equal(searched[b], best[lp][b][0])
             np.testing.assert_allclose(scores[b], best[lp][b][1], rtol=1e-5)
 
 
 def test_beam_size_one_is_greedy_search():
     batch, vocab, max_len, eos = 8, 4, 5, 2
     table = random_table(2, batch, vocab, max_len)
-    tokens, scores = search(table, max_len, 1, eos=eos)
-    greedy = search(table, max_len, eos=eos)
+    tokens, scores = run_beam_search(table, max_len, 1, eos=eos)
+    greedy = run_search(table, max_len, eos=eos)
     np.testing.assert_array_equal(tokens, greedy)
     assert (greedy == PAD).any()
     for b in range(batch):  # the score is the greedy sequence's
@@ -169,12 +184,41 @@ def test_beam_of_two_finds_what_greedy_misses():
     table[0, code([1], vocab)] = [np.log(0.55), np.log(0.45), -30.0]
     table[0, code([2], vocab)] = [np.log(0.99), np.log(0.01), -30.0]
     table = table.astype(np.float32)
-    greedy = search(table, max_len, 1, 0.0, eos)
-    two = search(table, max_len, 2, 0.0, eos)
+    greedy = run_beam_search(table, max_len, 1, 0.0, eos)
+    two = run_beam_search(table, max_len, 2, 0.0, eos)
     np.testing.assert_array_equal(greedy[0][0], [1, 0])
     np.testing.assert_allclose(greedy[1][0], np.log(0.6 * 0.55), rtol=1e-4)
     np.testing.assert_array_equal(two[0][0], [2, 0])
     np.testing.assert_allclose(two[1][0], np.log(0.4 * 0.99), rtol=1e-4)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_search_ends_a_row_at_eos_and_pads_it(beam_size):
+    """Example 0: after token 2, EOS has almost all the mass (best: [2, EOS], then pad); example 1
+    never prefers EOS (best: four times token 2, no EOS)."""
+    vocab, max_len, eos = 3, 4, 0
+    table = np.tile(np.float32([-30.0, 0.0, np.log(2.0)]), (2, (vocab + 1) ** max_len, 1))
+    table[0, code([2], vocab)] = [5.0, 0.0, 0.0]
+    np.testing.assert_array_equal(run_search(table, max_len, beam_size, eos=eos),
+                                  [[2, eos, PAD, PAD], [2, 2, 2, 2]])
+
+
+def test_decode_state_records_keys_and_positions():
+    valid = np.array([[True, False, True], [False, True, True]])
+    for keep_first in (False, True):
+        state = DecodeState(keep_first=keep_first)
+        _, variables = state.apply({}, np.zeros_like(valid), mutable=["cache"])
+        positions = []
+        for t in range(valid.shape[1]):
+            (position, flags), variables = state.apply(variables, valid[:, t:t + 1],
+                                                       mutable=["cache"])
+            positions.append(int(position))
+        expected = valid.copy()
+        expected[:, 0] |= keep_first
+        assert positions == [0, 1, 2]
+        np.testing.assert_array_equal(flags, expected)
+        with pytest.raises(ValueError, match="one position"):
+            state.apply(variables, valid[:, :2], mutable=["cache"])
 
 
 # ---------------------------------------------------------------- seq2seq model
@@ -212,6 +256,13 @@ def full_recompute_greedy(model, variables, inputs, eos):
     return out
 
 
+def generate(model, variables, inputs, beam_size=1, length_penalty=1.0, **ids):
+    """`make_step` and `search`: [B, MAX_LEN] tokens."""
+    step, cache = make_step(model, variables, inputs, MAX_LEN)
+    return search(step, cache, beam_size, batch_size=inputs.shape[0], max_len=MAX_LEN,
+                  length_penalty=length_penalty, **ids)
+
+
 def pick_eos(unmasked):
     """A token (not pad/BOS) that greedy emits in some rows but not in all."""
     present = [set(row.tolist()) - {0, BOS} for row in unmasked]
@@ -230,16 +281,10 @@ def test_cached_decode_step_equals_full_decode():
     @jax.jit
     def cached(variables):
         memory = model.apply(variables, inputs, method=Seq2SeqTransformer.encode)
-        cache = init_cache(model, variables, memory, inputs, MAX_LEN)
-
-        def body(cache, tokens):
-            logits, state = model.apply(
-                {**variables, "cache": cache}, tokens[:, None], memory, inputs,
-                method=Seq2SeqTransformer.decode_step, mutable=["cache"])
-            return state["cache"], logits[:, 0]
-
-        cache, logits = jax.lax.scan(body, cache, dec.T)
-        return jnp.swapaxes(logits, 0, 1), cache
+        step, cache = cached_step(model, variables, Seq2SeqTransformer.decode_step,
+                                  (memory, inputs), MAX_LEN)
+        cache, logits = jax.lax.scan(lambda c, t: step(t, c)[::-1], cache, dec.T)
+        return jnp.swapaxes(logits, 0, 1), cache["model"]
 
     logits, cache = cached(variables)
     full = jax.jit(model.apply)(variables, inputs, dec)
@@ -258,24 +303,24 @@ def test_generate_equals_full_recompute_greedy(pipeline):
     ref = full_recompute_greedy(model, variables, inputs, eos)
     assert (ref[:, :-1] == eos).any() and (ref != eos).all(axis=1).any()  # early EOS, and none
 
-    run = jax.jit(lambda v, x: generate(model, v, x, max_len=MAX_LEN, bos_id=BOS, eos_id=eos,
-                                        pad_id=0))
+    run = jax.jit(lambda v, x: generate(model, v, x, bos_id=BOS, eos_id=eos, pad_id=0))
     np.testing.assert_array_equal(run(variables, inputs), ref)
 
 
 @pytest.mark.parametrize("pipeline", [False, True])
 def test_beam_search_scores_equal_teacher_forced_scores(pipeline):
     """Beam search on the model: each returned score is the teacher-forced score of its tokens
-    (catches a cache that is not reordered with the beams); `generate` returns the tokens."""
+    (catches a cache that is not reordered with the beams); `search` returns the tokens."""
     model, variables, inputs = model_and_variables(pipeline, seed=1)
     eos = pick_eos(full_recompute_greedy(model, variables, inputs, None))
-    ids = dict(max_len=MAX_LEN, bos_id=BOS, eos_id=eos, pad_id=0)
+    ids = dict(bos_id=BOS, eos_id=eos, pad_id=0)
     lp = 0.7
 
     @jax.jit
     def run(variables, inputs):
         step, cache = make_step(model, variables, inputs, MAX_LEN)
-        beams = beam_search(step, cache, batch_size=4, beam_size=3, length_penalty=lp, **ids)
+        beams = beam_search(step, cache, batch_size=4, beam_size=3, length_penalty=lp,
+                            max_len=MAX_LEN, **ids)
         return beams, generate(model, variables, inputs, beam_size=3, length_penalty=lp, **ids)
 
     (tokens, scores), generated = jax.tree.map(np.asarray, run(variables, inputs))

@@ -163,7 +163,7 @@ def np_layer_norm(x, p, eps=1e-6):
 def test_fusion_skips_studies_without_knowledge_and_masks_padding():
     """Row 1 has no valid knowledge token: its output is the final norm of its input (numpy),
     whatever the keys, with finite gradients; invalid keys of row 0 do not matter, valid ones do."""
-    fusion = KnowledgeFusion(num_heads=2, d_ff=8, dropout=0.0)
+    fusion = KnowledgeFusion(d_model=8, nhead=2, dropout=0.0)
     rng = np.random.default_rng(2)
     x, keys = jnp.float32(rng.normal(size=(2, 3, 8))), jnp.float32(rng.normal(size=(2, 4, 8)))
     valid = np.array([[1, 1, 0, 0], [0, 0, 0, 0]], bool)

@@ -15,6 +15,7 @@ from flax import traverse_util
 from flax.core import meta
 from scipy.special import log_softmax
 
+from mlx_research.models.decoding import search
 from mlx_research.models.report import nadm
 from mlx_research.models.report.abnormal_memory import abnormal_memory_loss, memory_assignment
 from mlx_research.testing import run_with_devices
@@ -201,8 +202,9 @@ def test_decoupling_gradient_paths_and_ablation_parameters(tiny_model):
 def test_greedy_generation_equals_teacher_forced_argmax(tiny_model):
     model, variables, inputs, _ = tiny_model
     images = inputs["images"]
-    generated = np.asarray(jax.jit(lambda v: nadm.generate(
-        model, v, images, max_len=7, bos_id=1, eos_id=2, pad_id=0, beam_size=1))(variables))
+    generated = np.asarray(jax.jit(lambda v: search(
+        *nadm.make_step(model, v, images, 7), 1, batch_size=images.shape[0], max_len=7,
+        bos_id=1, eos_id=2, pad_id=0))(variables))
 
     @jax.jit
     def next_logits(prefix):

@@ -14,8 +14,8 @@ from flax import traverse_util
 from flax.core import meta
 from scipy.special import log_softmax
 
-from mlx_research.models.decoding import beam_search
-from mlx_research.models.report.r2gen import R2Gen, generate, init_cache, make_step
+from mlx_research.models.decoding import beam_search, cached_step, search
+from mlx_research.models.report.r2gen import R2Gen, make_step
 from mlx_research.models.report.relational_memory import (
     ConditionalLayerNorm,
     R2GenLayerNorm,
@@ -190,16 +190,9 @@ def test_cached_decode_step_equals_teacher_forcing(setup):
 
     @jax.jit
     def cached(variables):
-        cache = init_cache(model, variables, encoded, STEPS)
-
-        def body(cache, tokens):
-            logits, state = model.apply(
-                {**variables, "cache": cache}, encoded, tokens[:, None],
-                method=R2Gen.decode_step, mutable=["cache"])
-            return state["cache"], logits[:, 0]
-
-        cache, logits = jax.lax.scan(body, cache, dec.T)
-        return jnp.swapaxes(logits, 0, 1), cache
+        step, cache = cached_step(model, variables, R2Gen.decode_step, (encoded,), STEPS)
+        cache, logits = jax.lax.scan(lambda c, t: step(t, c)[::-1], cache, dec.T)
+        return jnp.swapaxes(logits, 0, 1), cache["model"]
 
     logits, cache = cached(variables)
     teacher_forced = setup.decode(variables, encoded, dec)
@@ -243,14 +236,15 @@ def test_greedy_and_beam_generation(full):
     ref = greedy_reference(eos)
     assert (ref == eos).any() and (ref != eos).all(axis=1).any()  # early EOS, and none
 
-    ids = dict(max_len=STEPS, bos_id=BOS, eos_id=eos, pad_id=0)
-    greedy = jax.jit(lambda v, x: generate(model, v, x, beam_size=1, **ids))(variables, full.x)
+    ids = dict(batch_size=4, max_len=STEPS, bos_id=BOS, eos_id=eos, pad_id=0)
+    greedy = jax.jit(lambda v, x: search(*make_step(model, v, x, STEPS), 1, **ids))(variables,
+                                                                                     full.x)
     np.testing.assert_array_equal(greedy, ref)
 
     @jax.jit
     def beams(variables):
-        step, cache = make_step(model, variables, encoded, STEPS)
-        return beam_search(step, cache, batch_size=4, beam_size=3, length_penalty=0.0, **ids)
+        step, cache = make_step(model, variables, full.x, STEPS)
+        return beam_search(step, cache, beam_size=3, length_penalty=0.0, **ids)
 
     tokens, scores = jax.tree.map(np.asarray, beams(variables))
     for row in tokens:  # valid: vocabulary ids, pad exactly after the first EOS

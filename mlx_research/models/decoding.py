@@ -1,6 +1,6 @@
-"""Autoregressive decoding with static shapes (jit-friendly): greedy and beam search.
+"""Autoregressive decoding with static shapes (jit-friendly): decoding state, steps and search.
 
-Both searches are driven by a step function
+Searches are driven by a step function
 
     step(tokens: [N] int32, cache) -> (logits: [N, V] float, cache)
 
@@ -8,10 +8,16 @@ that consumes the previous token of every row (BOS at the first step) and return
 the next one. ``cache`` is any pytree (a model's key/value cache, a token buffer, the encoder
 memory, ...) whose non-scalar leaves all have the rows N as leading axis; scalar leaves (e.g. the
 current position) are shared by every row. Beam search tiles and reorders the cache by gathering
-that axis, so a step must not keep per-row state anywhere else.
+that axis, so a step must not keep per-row state anywhere else. `search` runs greedy search
+(beam size 1) or beam search.
 
-`prefix_step` turns a full-prefix logits function (no cache: re-runs the whole prefix at every
-step, O(T^2) in all) into such a step.
+A model supplies its step in one of two ways:
+
+- `cached_step`: an incremental-decoding method of the model, ``method(tokens [B, T], *context)
+  -> logits [B, T, V]``, that keeps its state (key/value cache, recurrent memory, a
+  `DecodeState`) in the ``"cache"`` collection; the model owns that layout.
+- `prefix_step`: a full-prefix logits function (no cache: re-runs the whole prefix at every step,
+  O(T^2) in all).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -213,6 +220,126 @@ def beam_search(
     )
     state = lax.while_loop(cond, body, state)
     return state[5], state[6]
+
+
+def search(
+    step: Step,
+    cache: Cache,
+    beam_size: int,
+    *,
+    batch_size: int,
+    max_len: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+    length_penalty: float = 1.0,
+) -> Array:
+    """Greedy search (``beam_size == 1``) or beam search's best hypothesis.
+
+    Args:
+      step: ``(tokens [N] int32, cache) -> (logits [N, V], cache)`` (see the module doc).
+      cache: the step's initial cache for the ``batch_size`` examples.
+      beam_size: K; 1 for `greedy_search`, otherwise `beam_search`.
+      batch_size: B.
+      max_len: maximum number of generated tokens (EOS included).
+      bos_id: first input token.
+      eos_id: end of sequence.
+      pad_id: fills the positions after EOS.
+      length_penalty: beam search's length-normalisation exponent (see `beam_search`).
+
+    Returns:
+      ``[B, max_len]`` int32 tokens without BOS, ``pad_id`` after the first EOS.
+    """
+    ids = dict(batch_size=batch_size, max_len=max_len, bos_id=bos_id, eos_id=eos_id,
+               pad_id=pad_id)
+    if beam_size == 1:
+        return greedy_search(step, cache, **ids)
+    return beam_search(step, cache, beam_size=beam_size, length_penalty=length_penalty, **ids)[0]
+
+
+class DecodeState(nn.Module):
+    """Incremental-decoding state of a model, in the ``"cache"`` collection.
+
+    ``position``: int32 scalar, the position of the next decoder input (initially 0);
+    ``valid``: ``[B, T_max]`` bool, which decoder inputs written so far are keys (not padding),
+    initially False.
+
+    Attributes:
+      keep_first: position 0 is always a key (R2Gen keeps its BOS, whose id is the pad id).
+    """
+
+    keep_first: bool = False
+
+    @nn.compact
+    def __call__(self, valid: Array) -> tuple[Array | None, Array]:
+        """Creates the state from ``valid: [B, T_max]``, or records one position ``[B, 1]``.
+
+        Returns:
+          ``(None, valid)`` at creation; afterwards ``(position written, valid [B, T_max])``.
+
+        Raises:
+          ValueError: after creation, ``valid`` is not one position.
+        """
+        initialized = self.has_variable("cache", "valid")
+        cached = self.variable("cache", "valid", jnp.zeros, valid.shape, bool)
+        position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
+        if not initialized:
+            return None, valid
+        if valid.shape[1] != 1:
+            raise ValueError(f"incremental decoding takes one position; got {valid.shape[1]}")
+        index = position.value
+        if self.keep_first:
+            valid = valid | (index == 0)
+        cached.value = lax.dynamic_update_slice_in_dim(cached.value, valid, index, axis=1)
+        position.value = index + 1
+        return index, cached.value
+
+
+def cached_step(
+    model: nn.Module,
+    variables: dict[str, Any],
+    method: Callable[..., Array],
+    context: tuple[Array, ...],
+    max_len: int,
+) -> tuple[Step, dict[str, Any]]:
+    """The step of a model's incremental-decoding method, and its initial cache.
+
+    ``method(module, tokens [B, T] int32, *context) -> logits [B, T, V]`` decodes with the
+    ``"cache"`` collection: called without it (``"cache"`` mutable) on the full length
+    ``T = max_len``, it creates the cache; called with it on one position ``T = 1``, it returns
+    that position's logits and updates the cache. The initial cache is created here under
+    ``jax.eval_shape`` (no compute) and filled with zeros, so a zero cache must be a valid start.
+
+    Args:
+      model: the model.
+      variables: ``{"params": ..., other collections}`` (a ``"cache"`` among them is ignored).
+      method: the incremental-decoding method, e.g. ``Model.decode_step``.
+      context: the method's further arguments, arrays ``[B, ...]`` (e.g. the encoder output).
+      max_len: T_max, the number of decoding steps.
+
+    Returns:
+      ``(step, cache)``: ``step(tokens [N] int32, cache) -> (logits [N, V], cache)``;
+      ``cache = {"model": the "cache" collection, "context": context}`` (batch-leading, so beam
+      search tiles and reorders the context with the model's cache).
+    """
+    variables = {name: tree for name, tree in variables.items() if name != "cache"}
+    batch_size = jax.tree.leaves(context)[0].shape[0]
+
+    def create(variables: dict[str, Any], context: tuple[Array, ...]) -> dict[str, Any]:
+        tokens = jnp.zeros((batch_size, max_len), jnp.int32)
+        _, state = model.apply(variables, tokens, *context, method=method, mutable=["cache"])
+        return state["cache"]
+
+    def step(tokens: Array, cache: dict[str, Any]) -> tuple[Array, dict[str, Any]]:
+        logits, state = model.apply(
+            {**variables, "cache": cache["model"]}, tokens[:, None], *cache["context"],
+            method=method, mutable=["cache"],
+        )
+        return logits[:, 0], {**cache, "model": state["cache"]}
+
+    shapes = jax.eval_shape(create, variables, context)
+    return step, {"model": jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
+                  "context": context}
 
 
 def prefix_cache(batch_size: int, max_len: int, pad_id: int, context: Any = None) -> dict:

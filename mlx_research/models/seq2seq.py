@@ -1,4 +1,4 @@
-"""Encoder-decoder Transformer for token sequence-to-sequence tasks, and `generate`."""
+"""Encoder-decoder Transformer for token sequence-to-sequence tasks, and its decoding step."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from mlx_research.models.decoding import (
+    DecodeState,
     Step,
-    beam_search,
-    greedy_search,
+    cached_step,
     prefix_cache,
     prefix_step,
 )
@@ -20,33 +20,6 @@ from mlx_research.nn.attention import make_causal_mask, make_padding_mask, combi
 from mlx_research.nn.pipelined import PipelinedDecoder, PipelinedEncoder
 from mlx_research.nn.position import sinusoidal_position_encoding
 from mlx_research.nn.transformer import TransformerDecoder, TransformerEncoder
-
-
-class _DecodeState(nn.Module):
-    """Seq2Seq incremental-decoding state in the ``"cache"`` collection.
-
-    ``position``: int32 scalar, the position of the next decoder input (initially 0);
-    ``valid``: ``[B, T_max]`` bool, which decoder inputs written so far are not padding (their
-    keys stay masked like `Seq2SeqTransformer.decode`'s padding mask), initially False.
-    """
-
-    @nn.compact
-    def __call__(self, valid: jax.Array) -> tuple[jax.Array | None, jax.Array]:
-        """Creates the state from ``valid: [B, T_max]``, or records one position ``valid: [B, 1]``.
-
-        Returns:
-          ``(position, valid [B, T_max])``: at creation ``position`` is None and ``valid`` the
-          argument; afterwards the position just written and the updated flags.
-        """
-        initialized = self.has_variable("cache", "valid")
-        cached = self.variable("cache", "valid", jnp.zeros, valid.shape, bool)
-        position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
-        if not initialized:
-            return None, valid
-        index = position.value
-        cached.value = lax.dynamic_update_slice_in_dim(cached.value, valid, index, axis=1)
-        position.value = index + 1
-        return index, cached.value
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -65,7 +38,8 @@ class Seq2SeqTransformer(nn.Module):
     dropout must be 0 when training.
 
     `decode_step` decodes incrementally with a key/value cache (not with ``pipeline=True``);
-    `generate` drives it (or, pipelined, a full recomputation) with greedy or beam search.
+    `make_step` gives it (or, pipelined, a full recomputation) to
+    `mlx_research.models.decoding.search`.
     """
 
     vocab_size: int
@@ -107,7 +81,7 @@ class Seq2SeqTransformer(nn.Module):
         else:
             self.encoder = TransformerEncoder(num_layers=self.num_encoder_layers, **common)
             self.decoder = TransformerDecoder(num_layers=self.num_decoder_layers, **common)
-            self.decode_state = _DecodeState()
+            self.decode_state = DecodeState()
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
         x = self.embed(tokens)
@@ -149,12 +123,12 @@ class Seq2SeqTransformer(nn.Module):
         """Incremental `decode` with a key/value cache (``"cache"`` collection, must be mutable).
 
         The first call, without a cache, takes the full length ``decoder_inputs [B, T_max]``: it
-        creates the cache (all zeros; usually under ``jax.eval_shape``, see `init_cache`) and
+        creates the cache (all zeros; usually under ``jax.eval_shape``, see `make_step`) and
         returns `decode`'s logits. Every later call takes the next position ``[B, 1]`` and returns
         its logits, equal to those of `decode` on the whole prefix (dropout off).
 
-        Cache layout (batch-leading except the scalars): ``decode_state/position`` int32 scalar,
-        ``decode_state/valid`` ``[B, T_max]`` bool, and for every decoder layer i
+        Cache layout (batch-leading except the scalars): ``decode_state/{position, valid}``
+        (`mlx_research.models.decoding.DecodeState`) and for every decoder layer i
         ``decoder/layers_{i}/self_attn/{cached_key, cached_value}`` ``[B, T_max, H, D]`` and
         ``cache_index`` int32 scalar. Cross-attention to ``memory`` is recomputed at every step.
 
@@ -176,8 +150,6 @@ class Seq2SeqTransformer(nn.Module):
                 make_causal_mask(max_len), make_padding_mask(None, tgt_valid)
             )
         else:
-            if decoder_inputs.shape[1] != 1:
-                raise ValueError(f"decode_step takes one position; got {decoder_inputs.shape}")
             table = sinusoidal_position_encoding(max_len, self.d_model)
             pe = lax.dynamic_slice_in_dim(table, position, 1).astype(self.dtype)
             embedded = self.embed(decoder_inputs) + pe
@@ -199,126 +171,35 @@ class Seq2SeqTransformer(nn.Module):
         return self.decode(decoder_inputs, self.encode(inputs, train), inputs, train)
 
 
-def _without_cache(variables: dict[str, Any]) -> dict[str, Any]:
-    return {name: tree for name, tree in variables.items() if name != "cache"}
-
-
-def init_cache(
-    model: Seq2SeqTransformer,
-    variables: dict[str, Any],
-    memory: jax.Array,
-    inputs: jax.Array,
-    max_len: int,
-) -> dict[str, Any]:
-    """The empty ``"cache"`` collection of `Seq2SeqTransformer.decode_step` (zeros, no compute).
-
-    Args:
-      model: a non-pipelined model.
-      variables: its variables (``{"params": ...}``, other collections; a "cache" is ignored).
-      memory: ``[B, S, D]`` encoder output.
-      inputs: ``[B, S]`` encoder inputs.
-      max_len: T_max, the number of decoding steps.
-
-    Returns:
-      The cache collection (layout in `Seq2SeqTransformer.decode_step`).
-    """
-
-    def create(variables: dict, memory: jax.Array, inputs: jax.Array) -> dict:
-        tokens = jnp.full((inputs.shape[0], max_len), model.pad_id, jnp.int32)
-        _, state = model.apply(
-            variables, tokens, memory, inputs, method=Seq2SeqTransformer.decode_step,
-            mutable=["cache"],
-        )
-        return state["cache"]
-
-    shapes = jax.eval_shape(create, _without_cache(variables), memory, inputs)
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
 def make_step(
     model: Seq2SeqTransformer, variables: dict[str, Any], inputs: jax.Array, max_len: int
 ) -> tuple[Step, dict[str, Any]]:
     """Encodes ``inputs`` once and returns a decoding step and its initial cache.
 
-    Without pipelining the step is `Seq2SeqTransformer.decode_step` with the key/value cache;
-    with ``model.pipeline`` (no cache) it re-runs `Seq2SeqTransformer.decode` on the whole token
-    buffer (`mlx_research.models.decoding.prefix_step`). Either cache also holds the encoder
+    Without pipelining the step is `Seq2SeqTransformer.decode_step` with the key/value cache
+    (`mlx_research.models.decoding.cached_step`); with ``model.pipeline`` (no cache) it re-runs
+    `Seq2SeqTransformer.decode` on the whole token buffer
+    (`mlx_research.models.decoding.prefix_step`). Either cache also holds the context: the encoder
     memory ``[B, S, D]`` and ``inputs`` (batch-leading, so beam search tiles and reorders them).
-
-    Args:
-      model: the model.
-      variables: ``{"params": ..., other collections}``.
-      inputs: ``[B, S]`` int32 encoder inputs.
-      max_len: number of decoding steps.
-
-    Returns:
-      ``(step, cache)`` for `greedy_search` / `beam_search`: ``step(tokens [N] int32, cache) ->
-      (logits [N, V] float32, cache)``.
-    """
-    variables = _without_cache(variables)
-    memory = model.apply(variables, inputs, method=Seq2SeqTransformer.encode)
-    context = {"memory": memory, "inputs": inputs}
-    if model.pipeline:
-
-        def logits_fn(tokens: jax.Array, context: dict) -> jax.Array:
-            return model.apply(
-                variables, tokens, context["memory"], context["inputs"],
-                method=Seq2SeqTransformer.decode,
-            )
-
-        return prefix_step(logits_fn), prefix_cache(inputs.shape[0], max_len, model.pad_id, context)
-
-    def step(tokens: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
-        logits, state = model.apply(
-            {**variables, "cache": cache["model"]},
-            tokens[:, None],
-            cache["context"]["memory"],
-            cache["context"]["inputs"],
-            method=Seq2SeqTransformer.decode_step,
-            mutable=["cache"],
-        )
-        return logits[:, 0], {**cache, "model": state["cache"]}
-
-    cache = {"model": init_cache(model, variables, memory, inputs, max_len), "context": context}
-    return step, cache
-
-
-def generate(
-    model: Seq2SeqTransformer,
-    variables: dict[str, Any],
-    inputs: jax.Array,
-    *,
-    max_len: int,
-    bos_id: int,
-    eos_id: int,
-    pad_id: int,
-    beam_size: int = 1,
-    length_penalty: float = 1.0,
-) -> jax.Array:
-    """Generates target sequences: greedy search (``beam_size == 1``) or beam search.
-
-    Encodes once and decodes with the key/value cache (or by full recomputation with
-    ``model.pipeline``, see `make_step`). Pure and jittable (``max_len``, ``beam_size`` and the
-    token ids static). With ``model.pipeline`` the decoded rows ``B * beam_size`` must be
-    divisible by ``model.pipeline_microbatches``.
+    With ``model.pipeline`` the decoded rows (``B`` times the beam size) must be divisible by
+    ``model.pipeline_microbatches``.
 
     Args:
       model: the model.
       variables: ``{"params": ..., other collections}``.
       inputs: ``[B, S]`` int32 encoder inputs (``model.pad_id`` = padding).
-      max_len: number of generated tokens, EOS included.
-      bos_id: first decoder input.
-      eos_id: end of sequence.
-      pad_id: fills the outputs after EOS.
-      beam_size: 1 for greedy search.
-      length_penalty: beam search's length-normalisation exponent (see `beam_search`).
+      max_len: number of decoding steps.
 
     Returns:
-      ``[B, max_len]`` int32 tokens without BOS, ``pad_id`` after the first EOS.
+      ``(step, cache)`` for `mlx_research.models.decoding.search`: ``step(tokens [N] int32,
+      cache) -> (logits [N, V] float32, cache)``.
     """
-    step, cache = make_step(model, variables, inputs, max_len)
-    ids = dict(batch_size=inputs.shape[0], max_len=max_len, bos_id=bos_id, eos_id=eos_id,
-               pad_id=pad_id)
-    if beam_size == 1:
-        return greedy_search(step, cache, **ids)
-    return beam_search(step, cache, beam_size=beam_size, length_penalty=length_penalty, **ids)[0]
+    memory = model.apply(variables, inputs, method=Seq2SeqTransformer.encode)
+    context = (memory, inputs)
+    if not model.pipeline:
+        return cached_step(model, variables, Seq2SeqTransformer.decode_step, context, max_len)
+
+    def logits_fn(tokens: jax.Array, context: tuple[jax.Array, jax.Array]) -> jax.Array:
+        return model.apply(variables, tokens, *context, method=Seq2SeqTransformer.decode)
+
+    return prefix_step(logits_fn), prefix_cache(inputs.shape[0], max_len, model.pad_id, context)

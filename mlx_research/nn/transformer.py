@@ -99,16 +99,31 @@ class MlpBlock(nn.Module):
         )(h)
 
 
-class _LayerBase(nn.Module):
-    """Shared attributes and sub-blocks of the encoder and decoder layers."""
+class TransformerLayerBase(nn.Module):
+    """Base of the Transformer layers here and in the models: attention, FFN, residual branch.
+
+    A layer builds its sublayers with `_attention` and `_mlp` and joins each to the residual
+    stream with `_residual` (``x + dropout(branch)``), or with `_pre_norm`
+    (``x + dropout(sublayer(norm(x)))``) for a pre-norm sublayer with any norm. Parameter names
+    are the caller's (attention) or ``mlp``.
+
+    Attributes:
+      d_model: model width D (the attention's projected and output width).
+      nhead: number of attention heads.
+      dim_feedforward: FFN hidden width.
+      dropout: dropout rate (attention weights, FFN, residual branches).
+      activation: FFN activation name or callable.
+      dtype: computation dtype.
+      param_dtype: parameter dtype.
+      attention_implementation: ``jax.nn.dot_product_attention`` backend of the attention
+        without weight dropout: None / "xla", or "cudnn" (flash attention, GPU, bf16/fp16).
+    """
 
     d_model: int
     nhead: int
     dim_feedforward: int = 2048
     dropout: float = 0.1
     activation: Activation = "relu"
-    layer_norm_eps: float = 1e-5
-    norm_first: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attention_implementation: str | None = None
@@ -124,9 +139,6 @@ class _LayerBase(nn.Module):
             implementation=self.attention_implementation,
             name=name,
         )
-
-    def _norm(self, name: str) -> nn.LayerNorm:
-        return _layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name)
 
     def _mlp(self) -> MlpBlock:
         return MlpBlock(
@@ -144,8 +156,28 @@ class _LayerBase(nn.Module):
         branch = nn.Dropout(self.dropout)(grad_barrier(branch), deterministic=deterministic)
         return grad_barrier(x + branch)
 
+    def _pre_norm(
+        self,
+        x: Array,
+        norm: Callable[[Array], Array],
+        sublayer: Callable[[Array], Array],
+        deterministic: bool,
+    ) -> Array:
+        """The pre-norm sublayer ``x + dropout(sublayer(norm(x)))``."""
+        return self._residual(x, sublayer(norm(x)), deterministic)
 
-class TransformerEncoderLayer(_LayerBase):
+
+class _TorchLayer(TransformerLayerBase):
+    """`TransformerLayerBase` with torch's LayerNorm, pre- or post-norm (attributes below)."""
+
+    layer_norm_eps: float = 1e-5
+    norm_first: bool = False
+
+    def _norm(self, name: str) -> nn.LayerNorm:
+        return _layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name)
+
+
+class TransformerEncoderLayer(_TorchLayer):
     """Self-attention + FFN block (torch ``TransformerEncoderLayer`` with DETR's ``pos``).
 
     Attributes:
@@ -190,15 +222,15 @@ class TransformerEncoderLayer(_LayerBase):
             return attn(qk, qk, mask, inputs_v=h, deterministic=deterministic)
 
         if self.norm_first:
-            x = self._residual(x, self_attention(norm1(x)), deterministic)
-            x = self._residual(x, mlp(norm2(x), deterministic), deterministic)
+            x = self._pre_norm(x, norm1, self_attention, deterministic)
+            x = self._pre_norm(x, norm2, lambda h: mlp(h, deterministic), deterministic)
         else:
             x = norm1(self._residual(x, self_attention(x), deterministic))
             x = norm2(self._residual(x, mlp(x, deterministic), deterministic))
         return nn.with_logical_constraint(x, _ACTIVATION_AXES)
 
 
-class TransformerDecoderLayer(_LayerBase):
+class TransformerDecoderLayer(_TorchLayer):
     """Self-attention, cross-attention and FFN block (torch ``TransformerDecoderLayer``).
 
     Attributes are those of ``TransformerEncoderLayer``.
@@ -263,9 +295,9 @@ class TransformerDecoderLayer(_LayerBase):
             )
 
         if self.norm_first:
-            tgt = self._residual(tgt, self_attention(norm1(tgt)), deterministic)
-            tgt = self._residual(tgt, cross_attention(norm2(tgt)), deterministic)
-            tgt = self._residual(tgt, mlp(norm3(tgt), deterministic), deterministic)
+            tgt = self._pre_norm(tgt, norm1, self_attention, deterministic)
+            tgt = self._pre_norm(tgt, norm2, cross_attention, deterministic)
+            tgt = self._pre_norm(tgt, norm3, lambda h: mlp(h, deterministic), deterministic)
         else:
             tgt = norm1(self._residual(tgt, self_attention(tgt), deterministic))
             tgt = norm2(self._residual(tgt, cross_attention(tgt), deterministic))

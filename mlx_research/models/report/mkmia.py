@@ -46,13 +46,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mlx_research.models.decoding import beam_search, greedy_search
+from mlx_research.models.decoding import Step, cached_step
 from mlx_research.models.report.alignment import masked_mean, sequence_mask
-from mlx_research.models.report.r2gen import R2Gen, make_step
+from mlx_research.models.report.r2gen import R2Gen
 from mlx_research.models.report.relational_memory import ACTIVATION_AXES, R2GenLayerNorm
-from mlx_research.nn.attention import MultiHeadAttention, make_padding_mask
+from mlx_research.nn.attention import make_padding_mask
 from mlx_research.nn.position import sinusoidal_position_encoding
-from mlx_research.nn.transformer import MlpBlock
+from mlx_research.nn.transformer import TransformerLayerBase
 
 Array = jax.Array
 Dtype = Any
@@ -62,41 +62,24 @@ KNOWLEDGE_FIELDS = ("aliases", "normal", "abnormal")
 """Dictionary fields; a phrase's field index is its position here."""
 
 
-class _PreNormBlock(nn.Module):
-    """Shared parts of `TextLayer` and `KnowledgeFusion`: attention, FFN, residual dropout
-    (``d_ff``: the FFN's hidden width, used by `TextLayer`)."""
-
-    num_heads: int
-    d_ff: int
-    dropout: float
-    dtype: Dtype = jnp.float32
-
-    def _attention(self, name: str) -> MultiHeadAttention:
-        return MultiHeadAttention(self.num_heads, dropout_rate=self.dropout, dtype=self.dtype,
-                                  name=name)
-
-    def _residual(self, x: Array, branch: Array, deterministic: bool) -> Array:
-        return x + nn.Dropout(self.dropout)(branch, deterministic=deterministic)
-
-    def _ffn(self, x: Array, deterministic: bool) -> Array:
-        h = R2GenLayerNorm(dtype=self.dtype, name="norm_ffn")(x)
-        mlp = MlpBlock(self.d_ff, self.dropout, dtype=self.dtype, name="mlp")
-        return self._residual(x, mlp(h, deterministic), deterministic)
-
-
-class TextLayer(_PreNormBlock):
+class TextLayer(TransformerLayerBase):
     """Pre-norm Transformer encoder layer with a key-padding mask (R2Gen's layer plus a mask)."""
 
     @nn.compact
     def __call__(self, x: Array, valid: Array, deterministic: bool = True) -> Array:
         """``x: [B, L, D]``, ``valid: [B, L]`` bool -> ``[B, L, D]`` (only valid keys attended)."""
-        h = R2GenLayerNorm(dtype=self.dtype, name="norm_attn")(x)
-        h = self._attention("self_attn")(h, h, make_padding_mask(None, valid),
-                                         deterministic=deterministic)
-        return self._ffn(self._residual(x, h, deterministic), deterministic)
+
+        def self_attention(h: Array) -> Array:
+            return self._attention("self_attn")(h, h, make_padding_mask(None, valid),
+                                                deterministic=deterministic)
+
+        x = self._pre_norm(x, R2GenLayerNorm(dtype=self.dtype, name="norm_attn"),
+                           self_attention, deterministic)
+        return self._pre_norm(x, R2GenLayerNorm(dtype=self.dtype, name="norm_ffn"),
+                              lambda h: self._mlp()(h, deterministic), deterministic)
 
 
-class KnowledgeFusion(_PreNormBlock):
+class KnowledgeFusion(TransformerLayerBase):
     """Visual tokens attend to knowledge tokens (dictionary entries and history):
     ``LN(x + dropout(MHA(LN(x), LN(k), mask)))`` with R2Gen LayerNorms, the attention skipped for
     a study with no valid key (``LN(x)`` then). No FFN: the decoder's layers follow."""
@@ -161,8 +144,8 @@ class MKMIA(R2Gen):
                 self.knowledge_fields):
             raise ValueError("MKMIA: knowledge_tokens, knowledge_organs and knowledge_fields "
                              "must have one entry per phrase")
-        block = dict(num_heads=self.num_heads, d_ff=self.d_ff, dropout=self.dropout,
-                     dtype=self.dtype)
+        block = dict(d_model=self.d_model, nhead=self.num_heads, dim_feedforward=self.d_ff,
+                     dropout=self.dropout, dtype=self.dtype)
         self.text_layers = [TextLayer(**block) for _ in range(self.knowledge_layers)]
         self.text_norm = R2GenLayerNorm(dtype=self.dtype)
         self.text_dropout = nn.Dropout(self.dropout)
@@ -285,42 +268,21 @@ class MKMIA(R2Gen):
                 "report_global": masked_mean(words, word_valid)}
 
 
-def generate(
-    model: MKMIA,
-    variables: dict[str, Any],
-    images: Array,
-    prior_tokens: Array,
-    *,
-    max_len: int,
-    bos_id: int,
-    eos_id: int,
-    pad_id: int,
-    beam_size: int = 3,
-    length_penalty: float = 1.0,
-) -> Array:
-    """Generates reports with the knowledge-fused memory: beam search, or greedy for
-    ``beam_size == 1``, decoding with R2Gen's cache (`r2gen.make_step`). Pure and jittable.
+def make_step(model: MKMIA, variables: dict[str, Any], images: Array, prior_tokens: Array,
+              max_len: int) -> tuple[Step, dict[str, Any]]:
+    """The knowledge-fused memory of the studies (`MKMIA.encode_fused`, evaluation mode), then
+    the cached decoding step of `R2Gen.decode_step` over it and its initial cache (for
+    `mlx_research.models.decoding.search`).
 
     Args:
       model: the model.
       variables: ``{"params": ..., "batch_stats": ...}``.
       images: ``[B, V, H, W, C]``.
       prior_tokens: ``[B, L]`` int32 prior reports of the studies (all PAD: none).
-      max_len: generated tokens, EOS included (at most ``model.max_len``).
-      bos_id: first decoder input.
-      eos_id: end of report.
-      pad_id: fills the outputs after EOS.
-      beam_size: 1 for greedy search.
-      length_penalty: beam search's length-normalisation exponent.
+      max_len: number of decoding steps (at most ``model.max_len``).
 
     Returns:
-      ``[B, max_len]`` int32 tokens without BOS, ``pad_id`` after the first EOS.
+      ``(step, cache)`` (`mlx_research.models.decoding.cached_step`).
     """
-    variables = {name: tree for name, tree in variables.items() if name != "cache"}
     encoded = model.apply(variables, images, prior_tokens, method=MKMIA.encode_fused)
-    step, cache = make_step(model, variables, encoded, max_len)
-    ids = dict(batch_size=images.shape[0], max_len=max_len, bos_id=bos_id, eos_id=eos_id,
-               pad_id=pad_id)
-    if beam_size == 1:
-        return greedy_search(step, cache, **ids)
-    return beam_search(step, cache, beam_size=beam_size, length_penalty=length_penalty, **ids)[0]
+    return cached_step(model, variables, R2Gen.decode_step, (encoded,), max_len)

@@ -51,9 +51,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from mlx_research.losses.weighting import uncertainty_weighted_sum
-from mlx_research.models.decoding import beam_search, greedy_search
+from mlx_research.models.decoding import Step, cached_step
 from mlx_research.models.report.abnormal_memory import AbnormalMemory
-from mlx_research.models.report.r2gen import R2Gen, make_step
+from mlx_research.models.report.r2gen import R2Gen
 from mlx_research.models.report.relational_memory import (
     ACTIVATION_AXES,
     DecoderLayer,
@@ -195,8 +195,10 @@ class SemanticHead(nn.Module):
         mask = jnp.ones((1, 1, queries.shape[1], queries.shape[1]), bool)
         x = queries
         for i in range(self.num_layers):
-            x = DecoderLayer(self.d_model, self.num_heads, self.d_ff, self.dropout, self.dtype,
-                             name=f"layers_{i}")(x, context, None, mask, not train)
+            layer = DecoderLayer(d_model=self.d_model, nhead=self.num_heads,
+                                 dim_feedforward=self.d_ff, dropout=self.dropout,
+                                 dtype=self.dtype, name=f"layers_{i}")
+            x = layer(x, context, None, mask, not train)
         x = R2GenLayerNorm(dtype=self.dtype, name="norm")(x[:, -1])
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
         classifier = dense(self.vocab_size, ("embed", "vocab"), torch_bias_init(self.d_model),
@@ -345,20 +347,10 @@ class NADM(R2Gen):
         return outputs
 
 
-def generate(model: NADM, variables: dict[str, Any], images: Array, *, max_len: int,
-             bos_id: int, eos_id: int, pad_id: int, beam_size: int = 3,
-             length_penalty: float = 1.0) -> Array:
-    """Reports for ``images [B, V, H, W, C]``: `NADM.context` in evaluation mode (predicted
-    semantic words), then R2Gen's cached decoding, beam search or greedy (``beam_size == 1``).
-
-    Returns:
-      ``[B, max_len]`` int32 tokens without BOS, ``pad_id`` after the first EOS.
-    """
-    variables = {name: tree for name, tree in variables.items() if name != "cache"}
+def make_step(model: NADM, variables: dict[str, Any], images: Array,
+              max_len: int) -> tuple[Step, dict[str, Any]]:
+    """`NADM.context` of ``images [B, V, H, W, C]`` in evaluation mode (predicted semantic words),
+    then the cached decoding step of `R2Gen.decode_step` over it and its initial cache (for
+    `mlx_research.models.decoding.search`)."""
     context, _ = model.apply(variables, images, method=NADM.context)
-    step, cache = make_step(model, variables, context, max_len)
-    ids = dict(batch_size=images.shape[0], max_len=max_len, bos_id=bos_id, eos_id=eos_id,
-               pad_id=pad_id)
-    if beam_size == 1:
-        return greedy_search(step, cache, **ids)
-    return beam_search(step, cache, beam_size=beam_size, length_penalty=length_penalty, **ids)[0]
+    return cached_step(model, variables, R2Gen.decode_step, (context,), max_len)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mlx_research.models.decoding import Step, beam_search, greedy_search
+from mlx_research.models.decoding import DecodeState, Step, cached_step
 from mlx_research.models.report.relational_memory import (
     ACTIVATION_AXES,
     DecoderLayer,
@@ -53,31 +53,6 @@ _RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 BACKBONES = ("small_cnn", *_RESNETS)
 # torch nn.Linear's default kernel init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 _TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-class _DecodeState(nn.Module):
-    """Incremental-decoding state (``"cache"`` collection): ``position`` int32 scalar (next decoder
-    input), ``valid`` ``[B, T_max]`` bool (which inputs so far are keys: not ``pad_id``, or the
-    first position)."""
-
-    @nn.compact
-    def __call__(self, valid: Array) -> tuple[Array | None, Array]:
-        """Creates the state from ``valid: [B, T_max]``, or records one position ``[B, 1]``.
-
-        Returns:
-          ``(None, valid)`` at creation, afterwards ``(position written, valid [B, T_max])``.
-        """
-        initialized = self.has_variable("cache", "valid")
-        cached = self.variable("cache", "valid", jnp.zeros, valid.shape, bool)
-        position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
-        if not initialized:
-            return None, valid
-        index = position.value
-        cached.value = lax.dynamic_update_slice_in_dim(
-            cached.value, valid | (index == 0), index, axis=1
-        )
-        position.value = index + 1
-        return index, cached.value
 
 
 class R2Gen(nn.Module):
@@ -141,7 +116,7 @@ class R2Gen(nn.Module):
                                self.dtype, "att_embed", _TORCH_KERNEL_INIT)
         self.feature_dropout_layer = nn.Dropout(self.feature_dropout)
         self.embed_dropout = nn.Dropout(self.dropout)
-        layer = dict(d_model=self.d_model, num_heads=self.num_heads, d_ff=self.d_ff,
+        layer = dict(d_model=self.d_model, nhead=self.num_heads, dim_feedforward=self.d_ff,
                      dropout=self.dropout, dtype=self.dtype)
         self.encoder_layers = [EncoderLayer(**layer) for _ in range(self.num_layers)]
         self.encoder_norm = R2GenLayerNorm(dtype=self.dtype)
@@ -161,7 +136,7 @@ class R2Gen(nn.Module):
         self.decoder_norm = R2GenLayerNorm(dtype=self.dtype)
         self.logit = dense(self.vocab_size, ("embed", "vocab"), torch_bias_init(self.d_model),
                            self.dtype, "logit", _TORCH_KERNEL_INIT)
-        self.decode_state = _DecodeState()
+        self.decode_state = DecodeState(keep_first=True)
 
     def encode(self, images: Array, train: bool = False) -> Array:
         """Visual extractor, ``att_embed`` and encoder.
@@ -233,23 +208,24 @@ class R2Gen(nn.Module):
         return self._decoder(self._embed(decoder_inputs), encoded,
                              self._full_mask(decoder_inputs), train, decode=False)
 
-    def decode_step(self, encoded: Array, tokens: Array) -> Array:
+    def decode_step(self, tokens: Array, encoded: Array) -> Array:
         """Incremental `decode` with a cache (``"cache"`` collection, must be mutable).
 
         The first call, without a cache, takes the full length ``tokens [B, T_max]``, creates the
-        cache (zeros; usually under ``jax.eval_shape``, see `init_cache`) and returns `decode`'s
+        cache (zeros; usually under ``jax.eval_shape``, see `make_step`) and returns `decode`'s
         logits. Every later call takes the next position ``[B, 1]`` and returns its logits, equal
         to those of `decode` on the whole prefix (dropout off).
 
         Cache layout (batch-leading except the int32 scalars): ``decode_state/{position, valid
-        [B, T_max]}``; for every decoder layer i ``decoder_layers_{i}/self_attn/{cached_key,
-        cached_value} [B, T_max, H, D_head]`` and ``cache_index``; with ``use_memory``
+        [B, T_max]}`` (`mlx_research.models.decoding.DecodeState`, position 0 always a key); for
+        every decoder layer i ``decoder_layers_{i}/self_attn/{cached_key, cached_value}
+        [B, T_max, H, D_head]`` and ``cache_index``; with ``use_memory``
         ``relational_memory/{memory [B, rm_num_slots, D], cache_index}``. Cross-attention to
         ``encoded`` is recomputed at every step.
 
         Args:
-          encoded: ``[B, N, D]``.
           tokens: ``[B, T_max]`` at creation, then ``[B, 1]`` int32.
+          encoded: ``[B, N, D]``.
 
         Returns:
           ``[B, T_max, vocab_size]`` at creation, then ``[B, 1, vocab_size]`` float32 logits.
@@ -258,8 +234,6 @@ class R2Gen(nn.Module):
         if position is None:
             return self._decoder(self._embed(tokens), encoded, self._full_mask(tokens),
                                  False, decode=True)
-        if tokens.shape[1] != 1:
-            raise ValueError(f"decode_step takes one position; got {tokens.shape}")
         return self._decoder(self._embed(tokens, position), encoded,
                              make_padding_mask(None, valid), False, decode=True)
 
@@ -268,100 +242,20 @@ class R2Gen(nn.Module):
         return self.decode(self.encode(images, train), decoder_inputs, train)
 
 
-def _without_cache(variables: dict[str, Any]) -> dict[str, Any]:
-    return {name: tree for name, tree in variables.items() if name != "cache"}
-
-
-def init_cache(
-    model: R2Gen, variables: dict[str, Any], encoded: Array, max_len: int
-) -> dict[str, Any]:
-    """The empty ``"cache"`` collection of `R2Gen.decode_step` (zeros, no compute).
-
-    Args:
-      model: the model.
-      variables: its variables (a "cache" among them is ignored).
-      encoded: ``[B, N, D]`` from `R2Gen.encode`.
-      max_len: T_max, the number of decoding steps (at most ``model.max_len``).
-
-    Returns:
-      The cache collection (layout in `R2Gen.decode_step`).
-    """
-
-    def create(variables: dict, encoded: Array) -> dict:
-        tokens = jnp.full((encoded.shape[0], max_len), model.pad_id, jnp.int32)
-        _, state = model.apply(variables, encoded, tokens, method=R2Gen.decode_step,
-                               mutable=["cache"])
-        return state["cache"]
-
-    shapes = jax.eval_shape(create, _without_cache(variables), encoded)
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
 def make_step(
-    model: R2Gen, variables: dict[str, Any], encoded: Array, max_len: int
+    model: R2Gen, variables: dict[str, Any], images: Array, max_len: int
 ) -> tuple[Step, dict[str, Any]]:
-    """A cached decoding step over ``encoded`` and its initial cache.
-
-    Args:
-      model: the model.
-      variables: ``{"params": ..., other collections}``.
-      encoded: ``[B, N, D]`` from `R2Gen.encode`.
-      max_len: number of decoding steps.
-
-    Returns:
-      ``(step, cache)`` for `greedy_search` / `beam_search`: ``step(tokens [N] int32, cache) ->
-      (logits [N, V] float32, cache)``; the cache holds ``encoded`` (batch-leading, so beam search
-      tiles and reorders it) beside the model's cache.
-    """
-    variables = _without_cache(variables)
-
-    def step(tokens: Array, cache: dict) -> tuple[Array, dict]:
-        logits, state = model.apply(
-            {**variables, "cache": cache["model"]}, cache["encoded"], tokens[:, None],
-            method=R2Gen.decode_step, mutable=["cache"],
-        )
-        return logits[:, 0], {**cache, "model": state["cache"]}
-
-    cache = {"model": init_cache(model, variables, encoded, max_len), "encoded": encoded}
-    return step, cache
-
-
-def generate(
-    model: R2Gen,
-    variables: dict[str, Any],
-    images: Array,
-    *,
-    max_len: int,
-    bos_id: int,
-    eos_id: int,
-    pad_id: int,
-    beam_size: int = 3,
-    length_penalty: float = 1.0,
-) -> Array:
-    """Generates reports: beam search (R2Gen's default beam 3) or greedy (``beam_size == 1``).
-
-    Encodes once (evaluation mode) and decodes with the cache. Pure and jittable (``max_len``,
-    ``beam_size`` and the token ids static).
+    """Encodes ``images`` once (evaluation mode); the cached decoding step and its initial cache.
 
     Args:
       model: the model.
       variables: ``{"params": ..., "batch_stats": ...}``.
       images: ``[B, V, H, W, C]``.
-      max_len: number of generated tokens, EOS included (at most ``model.max_len``).
-      bos_id: first decoder input.
-      eos_id: end of report.
-      pad_id: fills the outputs after EOS.
-      beam_size: 1 for greedy search.
-      length_penalty: beam search's length-normalisation exponent (see `beam_search`).
+      max_len: number of decoding steps (at most ``model.max_len``).
 
     Returns:
-      ``[B, max_len]`` int32 tokens without BOS, ``pad_id`` after the first EOS.
+      ``(step, cache)`` of `R2Gen.decode_step` over the encoder output
+      (`mlx_research.models.decoding.cached_step`), for `mlx_research.models.decoding.search`.
     """
-    variables = _without_cache(variables)
     encoded = model.apply(variables, images, method=R2Gen.encode)
-    step, cache = make_step(model, variables, encoded, max_len)
-    ids = dict(batch_size=images.shape[0], max_len=max_len, bos_id=bos_id, eos_id=eos_id,
-               pad_id=pad_id)
-    if beam_size == 1:
-        return greedy_search(step, cache, **ids)
-    return beam_search(step, cache, beam_size=beam_size, length_penalty=length_penalty, **ids)[0]
+    return cached_step(model, variables, R2Gen.decode_step, (encoded,), max_len)

@@ -12,8 +12,9 @@ From the reference code (github.com/cuhksz-nlp/R2Gen, `modules/encoder_decoder.p
 - `RelationalMemory`: a recurrent memory of ``num_slots`` rows updated once per decoder input
   token; the teacher-forced path scans it over the sequence (``nn.scan``), the incremental path
   keeps the current memory in the ``"cache"`` collection.
-- `EncoderLayer`, `DecoderLayer`: R2Gen's pre-norm sublayers ``x + dropout(sublayer(norm(x)))``;
-  the decoder's norms are MCLNs given a memory, `R2GenLayerNorm` otherwise.
+- `EncoderLayer`, `DecoderLayer`: R2Gen's pre-norm sublayers ``x + dropout(sublayer(norm(x)))``
+  (`mlx_research.nn.transformer.TransformerLayerBase`); the decoder's norms are MCLNs given a
+  memory, `R2GenLayerNorm` otherwise.
 
 Initialisation follows R2Gen, which re-initialises every matrix of its Transformer with
 Xavier-uniform: kernels Xavier-uniform; the MCLN MLP biases 0.1 (R2Gen sets them); the gate
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from mlx_research.nn.attention import MultiHeadAttention
-from mlx_research.nn.transformer import MlpBlock
+from mlx_research.nn.transformer import MlpBlock, TransformerLayerBase
 
 Array = jax.Array
 Dtype = Any
@@ -263,42 +264,21 @@ class RelationalMemory(nn.Module):
         return scan(cell, start, x)[1]
 
 
-class _Layer(nn.Module):
-    """Shared attributes of the encoder and decoder layers."""
-
-    d_model: int
-    num_heads: int
-    d_ff: int
-    dropout: float
-    dtype: Dtype
-
-    def _attention(self, name: str) -> MultiHeadAttention:
-        return MultiHeadAttention(
-            self.num_heads, dropout_rate=self.dropout, dtype=self.dtype, name=name
-        )
-
-    def _mlp(self) -> MlpBlock:
-        return MlpBlock(self.d_ff, self.dropout, dtype=self.dtype, name="mlp")
-
-    def _residual(self, x: Array, branch: Array, deterministic: bool) -> Array:
-        return x + nn.Dropout(self.dropout)(branch, deterministic=deterministic)
-
-
-class EncoderLayer(_Layer):
-    """R2Gen's ``EncoderLayer``: pre-norm self-attention and FFN sublayers."""
+class EncoderLayer(TransformerLayerBase):
+    """R2Gen's ``EncoderLayer``: pre-norm self-attention and FFN sublayers (`R2GenLayerNorm`)."""
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True) -> Array:
         """``x: [B, N, D]`` -> ``[B, N, D]`` (every visual token attends to every other)."""
-        h = R2GenLayerNorm(dtype=self.dtype, name="norm1")(x)
-        x = self._residual(x, self._attention("self_attn")(h, deterministic=deterministic),
-                           deterministic)
-        h = R2GenLayerNorm(dtype=self.dtype, name="norm2")(x)
-        x = self._residual(x, self._mlp()(h, deterministic), deterministic)
+        x = self._pre_norm(
+            x, R2GenLayerNorm(dtype=self.dtype, name="norm1"),
+            lambda h: self._attention("self_attn")(h, deterministic=deterministic), deterministic)
+        x = self._pre_norm(x, R2GenLayerNorm(dtype=self.dtype, name="norm2"),
+                           lambda h: self._mlp()(h, deterministic), deterministic)
         return nn.with_logical_constraint(x, ACTIVATION_AXES)
 
 
-class DecoderLayer(_Layer):
+class DecoderLayer(TransformerLayerBase):
     """R2Gen's ``DecoderLayer``: pre-norm self-attention, cross-attention and FFN sublayers whose
     norms are `ConditionalLayerNorm` (``memory`` given) or `R2GenLayerNorm` (``memory`` None)."""
 
@@ -327,16 +307,20 @@ class DecoderLayer(_Layer):
           ``[B, T, D]``.
         """
 
-        def norm(h: Array, name: str) -> Array:
+        def norm(name: str) -> Callable[[Array], Array]:
             if memory is None:
-                return R2GenLayerNorm(dtype=self.dtype, name=name)(h)
-            return ConditionalLayerNorm(dtype=self.dtype, name=name)(h, memory)
+                return R2GenLayerNorm(dtype=self.dtype, name=name)
+            return lambda h: ConditionalLayerNorm(dtype=self.dtype, name=name)(h, memory)
 
-        h = norm(x, "norm1")
-        h = self._attention("self_attn")(h, h, self_mask, deterministic=deterministic,
-                                          decode=decode)
-        x = self._residual(x, h, deterministic)
-        h = self._attention("cross_attn")(norm(x, "norm2"), encoded, deterministic=deterministic)
-        x = self._residual(x, h, deterministic)
-        x = self._residual(x, self._mlp()(norm(x, "norm3"), deterministic), deterministic)
+        def self_attention(h: Array) -> Array:
+            return self._attention("self_attn")(h, h, self_mask, deterministic=deterministic,
+                                                decode=decode)
+
+        def cross_attention(h: Array) -> Array:
+            return self._attention("cross_attn")(h, encoded, deterministic=deterministic)
+
+        x = self._pre_norm(x, norm("norm1"), self_attention, deterministic)
+        x = self._pre_norm(x, norm("norm2"), cross_attention, deterministic)
+        x = self._pre_norm(x, norm("norm3"), lambda h: self._mlp()(h, deterministic),
+                           deterministic)
         return nn.with_logical_constraint(x, ACTIVATION_AXES)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -34,9 +33,9 @@ from mlx_research.config_checks import check_choices, check_ranges
 from mlx_research.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
 from mlx_research.errors import ConfigError
 from mlx_research.losses.classification import cross_entropy
-from mlx_research.models.decoding import shift_right
+from mlx_research.models.decoding import Cache, Step, shift_right
 from mlx_research.models.report.alignment import coarse_alignment_losses, fine_alignment_kl
-from mlx_research.models.report.mkmia import ALIGNMENTS, KNOWLEDGE_FIELDS, MKMIA, generate
+from mlx_research.models.report.mkmia import ALIGNMENTS, KNOWLEDGE_FIELDS, MKMIA, make_step
 from mlx_research.train.tasks import report
 
 _RANGES = {
@@ -165,9 +164,7 @@ class Task(report.Task):
         size = jnp.float32(tokens.shape[0])
         return (total * size, size), (metrics, {**model_state, **new_state})
 
-    def generate(self, variables: Any, batch: Any) -> jax.Array:
-        """Generated report ids [B, max_len] from the images and the prior reports."""
-        e = self.config.eval
-        return generate(self.model, variables, batch["image"], batch["prior_tokens"],
-                        max_len=self.max_len, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
-                        beam_size=e.beam_size, length_penalty=e.length_penalty)
+    def decoding_step(self, variables: Any, batch: Any) -> tuple[Step, Cache]:
+        """Decoding over the images fused with the knowledge and the prior reports."""
+        return make_step(self.model, variables, batch["image"], batch["prior_tokens"],
+                         self.max_len)

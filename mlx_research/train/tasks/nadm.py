@@ -23,16 +23,15 @@ batch; with gradient accumulation it averages the micro-batches' ``L``.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
 from mlx_research.config_checks import check_choices, check_ranges
 from mlx_research.data.knowledge import TAGS
-from mlx_research.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from mlx_research.data.tokenizer import BOS_ID, PAD_ID
 from mlx_research.errors import ConfigError
 from mlx_research.losses.classification import asymmetric_loss, cross_entropy
-from mlx_research.models.decoding import shift_right
+from mlx_research.models.decoding import Cache, Step, shift_right
 from mlx_research.models.report import nadm
 from mlx_research.ops.matching import MATCHERS
 from mlx_research.train.tasks import report
@@ -135,9 +134,6 @@ class Task(report.Task):
         return (batch_size * total, jnp.float32(batch_size)), (metrics, {**model_state,
                                                                          **new_state})
 
-    def generate(self, variables, batch) -> jax.Array:
-        """Generated report ids [B, max_len] (beam search, or greedy with eval.beam_size = 1)."""
-        e = self.config.eval
-        return nadm.generate(self.model, variables, batch["image"], max_len=self.max_len,
-                             bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, beam_size=e.beam_size,
-                             length_penalty=e.length_penalty)
+    def decoding_step(self, variables, batch) -> tuple[Step, Cache]:
+        """Decoding over `NADM.context` (predicted semantic words), and its initial cache."""
+        return nadm.make_step(self.model, variables, batch["image"], self.max_len)

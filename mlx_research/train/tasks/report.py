@@ -30,8 +30,8 @@ from mlx_research.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Vocabulary
 from mlx_research.errors import ConfigError
 from mlx_research.evaluation.report import ReportEvaluator
 from mlx_research.losses.classification import cross_entropy
-from mlx_research.models.decoding import shift_right
-from mlx_research.models.report.r2gen import R2Gen, generate
+from mlx_research.models.decoding import Cache, Step, search, shift_right
+from mlx_research.models.report.r2gen import R2Gen, make_step
 from mlx_research.train.tasks import base
 
 _RANGES = {
@@ -67,7 +67,7 @@ _SYNTHETIC_MEAN, _SYNTHETIC_STD = (0.5,), (0.25,)  # grayscale renderings in [0,
 class Task(base.Task):
     """R2Gen: image patches -> Transformer encoder -> memory-driven decoder -> report.
 
-    Subclasses (NADM, MKMIA) replace `_build_model`, `loss` and `generate`, and set
+    Subclasses (NADM, MKMIA) replace `_build_model`, `loss` and `decoding_step`, and set
     `uses_extras` to get token tags, prior reports and labels in every example.
     """
 
@@ -235,12 +235,17 @@ class Task(base.Task):
         return (loss_sum, real.sum()), (metrics, {**model_state, **new_state})
 
     # ------------------------------------------------------------------ evaluation
+    def decoding_step(self, variables, batch) -> tuple[Step, Cache]:
+        """The model's decoding step over a batch's studies, and its initial cache."""
+        return make_step(self.model, variables, batch["image"], self.max_len)
+
     def generate(self, variables, batch) -> jax.Array:
         """Generated report ids [B, max_len] (beam search, or greedy with eval.beam_size = 1)."""
         e = self.config.eval
-        return generate(self.model, variables, batch["image"], max_len=self.max_len,
-                        bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, beam_size=e.beam_size,
-                        length_penalty=e.length_penalty)
+        step, cache = self.decoding_step(variables, batch)
+        return search(step, cache, e.beam_size, batch_size=batch["image"].shape[0],
+                      max_len=self.max_len, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
+                      length_penalty=e.length_penalty)
 
     def evaluators(self):
         e = self.config.eval

@@ -19,8 +19,8 @@ from mlx_research.data import seq2seq as data
 from mlx_research.errors import ConfigError
 from mlx_research.evaluation.base import SumEvaluator
 from mlx_research.losses.classification import cross_entropy
-from mlx_research.models.decoding import shift_right
-from mlx_research.models.seq2seq import Seq2SeqTransformer, generate
+from mlx_research.models.decoding import search, shift_right
+from mlx_research.models.seq2seq import Seq2SeqTransformer, make_step
 from mlx_research.train.tasks import base
 
 
@@ -164,15 +164,17 @@ class Task(base.Task):
 
     def decode(self, variables, inputs: jax.Array) -> jax.Array:
         """inputs [B, S] -> predicted targets [B, S + 1] (greedy, or beam search)."""
-        return generate(
-            self.model,
-            variables,
-            inputs,
-            max_len=inputs.shape[1] + 1,
+        max_len = inputs.shape[1] + 1
+        step, cache = make_step(self.model, variables, inputs, max_len)
+        return search(
+            step,
+            cache,
+            self.config.eval.beam_size,
+            batch_size=inputs.shape[0],
+            max_len=max_len,
             bos_id=data.BOS_ID,
             eos_id=data.EOS_ID,
             pad_id=data.PAD_ID,
-            beam_size=self.config.eval.beam_size,
             length_penalty=self.config.eval.length_penalty,
         )
 
