@@ -41,16 +41,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlx_research.models.backbone import Backbone
 from mlx_research.nn.position import LearnedPositionEmbedding, sine_position_encoding_2d
-from mlx_research.nn.resnet import SmallCNN, resnet18, resnet34, resnet50
 from mlx_research.nn.transformer import (TransformerDecoder, TransformerDecoderLayer,
                                          TransformerEncoder)
 from mlx_research.ops.boxes import box_convert, generalized_box_iou
 from mlx_research.ops.matching import matcher
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 
 
 class BoxMLP(nn.Module):
@@ -197,16 +193,14 @@ class DETR(nn.Module):
           (logits [L, B, G * Q, K + 1] float32, boxes [L, B, G * Q, 4] float32 cxcywh in [0, 1]
           of the valid image), L = num_decoder_layers (the last layer last), G = query_groups.
         """
-        if self.backbone == "small_cnn":
-            body = SmallCNN(features=tuple(self.small_cnn_features), norm=self.norm,
-                            dtype=self.dtype, name="backbone")
-        else:
-            body = _RESNETS[self.backbone](norm=self.norm, dtype=self.dtype, name="backbone")
-        mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
-        features = body(((images - mean) / std).astype(self.dtype), train=train)[self.feature_level]
+        extractor = Backbone(
+            arch=self.backbone, feature_levels=(self.feature_level,),
+            small_cnn_features=tuple(self.small_cnn_features), norm=self.norm,
+            body_name="backbone", dtype=self.dtype, name="extractor")
+        (features,) = extractor(images, train)
         batch, height, width = features.shape[:3]
         src = nn.Conv(self.hidden_dim, (1, 1), dtype=self.dtype, name="input_proj")(features)
-        stride = 2 ** int(self.feature_level[1:])
+        stride = extractor.strides()[0]
         valid = feature_mask(image_hw, (height, width), stride)
         pos = sine_position_encoding_2d(valid, self.hidden_dim // 2, self.pos_temperature,
                                         scale=self.pos_scale).astype(self.dtype)

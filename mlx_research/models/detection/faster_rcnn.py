@@ -16,39 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mlx_research.nn.resnet import SmallCNN, resnet18, resnet34, resnet50
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
+from mlx_research.models.backbone import Backbone
 _conv_init = nn.initializers.normal(0.01)  # torchvision's RPN / FPN-free head init
-
-
-class FeaturePyramid(nn.Module):
-    """FPN over backbone maps (finest first): [B, Hl, Wl, Cl] -> [B, Hl, Wl, channels], plus one
-    level max-pooled from the coarsest output (torchvision's `LastLevelMaxPool`)."""
-
-    channels: int = 256
-    extra_level: bool = True
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, features: Sequence[jax.Array]) -> list[jax.Array]:
-        laterals = [
-            nn.Conv(self.channels, (1, 1), dtype=self.dtype, name=f"lateral{i}")(f)
-            for i, f in enumerate(features)
-        ]
-        merged = [laterals[-1]]
-        for lateral in reversed(laterals[:-1]):
-            up = jax.image.resize(merged[0], (*lateral.shape[:3], merged[0].shape[-1]), "nearest")
-            merged.insert(0, lateral + up)
-        outputs = [
-            nn.Conv(self.channels, (3, 3), padding=1, dtype=self.dtype, name=f"output{i}")(m)
-            for i, m in enumerate(merged)
-        ]
-        if self.extra_level:
-            outputs.append(nn.max_pool(outputs[-1], (1, 1), strides=(2, 2)))
-        return outputs
 
 
 class RPNHead(nn.Module):
@@ -127,22 +96,16 @@ class FasterRCNN(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self):
-        if self.backbone == "small_cnn":
-            self.body = SmallCNN(features=tuple(self.small_cnn_features), norm=self.norm,
-                                 dtype=self.dtype)
-        else:
-            self.body = _RESNETS[self.backbone](norm=self.norm, dtype=self.dtype)
-        if self.fpn:
-            self.pyramid = FeaturePyramid(self.fpn_channels, dtype=self.dtype)
+        self.extractor = Backbone(
+            arch=self.backbone, feature_levels=tuple(self.feature_levels),
+            small_cnn_features=tuple(self.small_cnn_features), norm=self.norm,
+            fpn_channels=self.fpn_channels if self.fpn else 0, body_name="body", dtype=self.dtype)
         self.rpn_head = RPNHead(self.num_anchors, dtype=self.dtype)
         self.box_head = BoxHead(self.num_classes, self.representation_size, dtype=self.dtype)
 
     def features(self, images: jax.Array, train: bool = False) -> list[jax.Array]:
         """images [B, H, W, 3] in [0, 1] -> feature levels [B, Hl, Wl, C], finest first."""
-        mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
-        maps = self.body(((images - mean) / std).astype(self.dtype), train=train)
-        levels = [maps[name] for name in self.feature_levels]
-        return self.pyramid(levels) if self.fpn else levels
+        return self.extractor(images, train)
 
     def rpn(self, features: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
         return self.rpn_head(features)

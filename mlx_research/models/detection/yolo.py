@@ -46,14 +46,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlx_research.models.backbone import Backbone
 from mlx_research.nn.normalization import get_norm
-from mlx_research.nn.resnet import SmallCNN, resnet18, resnet34, resnet50
 from mlx_research.ops.boxes import box_area, box_iou, clip_boxes_to_image
 from mlx_research.ops.nms import batched_nms
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 
 
 class YoloPredictions(NamedTuple):
@@ -125,13 +121,11 @@ class YOLOv1(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> YoloPredictions:
         """images [N, H, W, 3] in [0, 1] -> YoloPredictions (see the class docstring)."""
-        if self.backbone == "small_cnn":
-            body = SmallCNN(features=tuple(self.small_cnn_features), norm=self.norm,
-                            dtype=self.dtype, name="body")
-        else:
-            body = _RESNETS[self.backbone](norm=self.norm, dtype=self.dtype, name="body")
-        mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
-        x = body(((images - mean) / std).astype(self.dtype), train=train)[self.feature_level]
+        extractor = Backbone(
+            arch=self.backbone, feature_levels=(self.feature_level,),
+            small_cnn_features=tuple(self.small_cnn_features), norm=self.norm, body_name="body",
+            dtype=self.dtype, name="extractor")
+        (x,) = extractor(images, train)
         for i in range(self.head_convs):
             x = nn.Conv(self.head_channels, (3, 3), padding=1, use_bias=self.head_norm == "none",
                         dtype=self.dtype, name=f"head_conv{i + 1}")(x)

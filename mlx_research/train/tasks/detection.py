@@ -22,8 +22,6 @@ from mlx_research.train.config import check_choices, check_ranges
 from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import base
 
-BACKBONES = ("small_cnn", "resnet18", "resnet34", "resnet50")
-
 _DATA_RANGES = {
     "data.image_size": (16, None),
     "data.max_boxes": (1, None),

@@ -40,6 +40,7 @@ from mlx_research.ops.matching import MATCHERS
 from mlx_research.train.config import check_choices, check_ranges
 from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import detection
+from mlx_research.train.tasks.backbone import check_backbone_config
 
 _RANGES = {
     "model.hidden_dim": (4, None),
@@ -61,7 +62,6 @@ _RANGES = {
     "model.loss_giou": (0, None),
     "model.eos_coef": (0, None),
 }
-_LEVELS = {"small_cnn": None, "resnet18": 5, "resnet34": 5, "resnet50": 5}  # None: per width
 
 
 class Task(detection.DetectionTask):
@@ -101,21 +101,13 @@ class Task(detection.DetectionTask):
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
         detection.validate_data(config)
-        check_choices(config, {
-            "model.backbone": tuple(_LEVELS),
-            "model.matcher": MATCHERS,
-        })
+        check_backbone_config(config, "feature_level")
+        check_choices(config, {"model.matcher": MATCHERS})
         check_ranges(config, _RANGES)
         m = config.model
         if m.hidden_dim % 4 or m.hidden_dim % m.nhead:
             raise ConfigError(f"config: 'model.hidden_dim' = {m.hidden_dim} must be a multiple "
                               f"of 4 and of 'model.nhead' = {m.nhead}")
-        deepest = _LEVELS[m.backbone] or len(m.small_cnn_features)
-        shallowest = 2 if _LEVELS[m.backbone] else 1
-        levels = [f"C{k}" for k in range(shallowest, deepest + 1)]
-        if m.feature_level not in levels:
-            raise ConfigError(f"config: 'model.feature_level' must be one of {', '.join(levels)} "
-                              f"for {m.backbone}; got {m.feature_level!r}")
         tensor = config.mesh.get("model", 1)
         if tensor > 1 and (m.nhead % tensor or m.dim_feedforward % tensor):
             raise ConfigError(f"config: 'model.nhead' = {m.nhead} and 'model.dim_feedforward' = "

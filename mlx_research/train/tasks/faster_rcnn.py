@@ -19,9 +19,10 @@ from mlx_research.models.detection import rcnn
 from mlx_research.models.detection.faster_rcnn import FasterRCNN
 from mlx_research.ops.anchors import anchor_grid
 from mlx_research.ops.roi import multiscale_roi_align, roi_align
-from mlx_research.train.config import check_choices, check_ranges
+from mlx_research.train.config import check_ranges
 from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import detection
+from mlx_research.train.tasks.backbone import check_backbone_config
 
 _RANGES = {
     "model.fpn_channels": (1, None),
@@ -80,9 +81,7 @@ class Task(detection.DetectionTask):
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
         detection.validate_data(config)
-        check_choices(config, {
-            "model.backbone": detection.BACKBONES,
-        })
+        check_backbone_config(config, "feature_levels")
         check_ranges(config, _RANGES)
         m = config.model
         levels = len(m.feature_levels) + (1 if m.fpn else 0)

@@ -33,6 +33,7 @@ from mlx_research.models.report.r2gen import R2Gen, generate
 from mlx_research.train.config import check_choices, check_ranges, default_config
 from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import base
+from mlx_research.train.tasks.backbone import check_backbone_config
 
 _RANGES = {
     "model.d_model": (1, None),
@@ -132,8 +133,8 @@ class Task(base.Task):
 
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
+        check_backbone_config(config)
         check_choices(config, {
-            "model.backbone": ("small_cnn", "resnet18", "resnet34", "resnet50"),
             "data.dataset": ("synthetic", *r2gen.DATASETS),
             "eval.split": ("val", "test"),
         })

@@ -16,10 +16,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mlx_research.models.backbone import level_stride
 from mlx_research.models.detection import yolo
 from mlx_research.train.config import check_choices, check_ranges
 from mlx_research.train.errors import ConfigError
 from mlx_research.train.tasks import detection
+from mlx_research.train.tasks.backbone import check_backbone_config
 
 _RANGES = {
     "model.grid_size": (1, None),
@@ -70,8 +72,8 @@ class Task(detection.DetectionTask):
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
         detection.validate_data(config)
+        check_backbone_config(config, "feature_level")
         check_choices(config, {
-            "model.backbone": detection.BACKBONES,
             "model.head": ("conv", "fc"),
             "model.head_norm": ("batch", "none"),
             "model.output_activation": ("sigmoid", "linear"),
@@ -79,14 +81,7 @@ class Task(detection.DetectionTask):
         })
         check_ranges(config, _RANGES)
         m, d = config.model, config.data
-        if m.backbone == "small_cnn":
-            levels = [f"C{i + 1}" for i in range(len(m.small_cnn_features))]
-        else:
-            levels = ["C2", "C3", "C4", "C5"]
-        if m.feature_level not in levels:
-            raise ConfigError(f"config: 'model.feature_level' must be one of {', '.join(levels)} "
-                              f"for {m.backbone}; got {m.feature_level!r}")
-        stride = 2 ** int(m.feature_level[1:])
+        stride = level_stride(m.feature_level)
         side = -(-d.image_size // stride)
         if side % m.grid_size:
             raise ConfigError(f"config: 'model.grid_size' {m.grid_size} must divide the "
