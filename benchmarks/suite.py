@@ -258,7 +258,7 @@ def _torch_twin(name: str, trainer: Trainer | None, local: dict, extra: dict):
         return torch_twins.resnet_step(name, extra["images"], extra["labels"], 10, 0.1, 0.9,
                                        device, bf16)
     if name == "faster_rcnn":
-        return torch_twins.faster_rcnn_step(local, trainer.config, trainer.task._num_classes(),
+        return torch_twins.faster_rcnn_step(local, trainer.config, trainer.task.num_classes,
                                             device, bf16)
     from mlx_research.data.tokenizer import BOS_ID
 

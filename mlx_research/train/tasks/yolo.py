@@ -1,19 +1,16 @@
 """YOLO v1 on the synthetic shapes (default) or a COCO-format folder, scored by COCO mAP.
 
-Loss: the paper's sum-squared error (`models/detection/yolo.py`: coordinates x lambda_coord,
-confidence of responsible predictors, confidence of the others x lambda_noobj, class
-probabilities of cells with an object), summed over the images and divided by their number.
-Metrics: each term's mean per image. Evaluator "coco": pycocotools AP, AP50, ... on the
-validation split, and a picture of predicted boxes.
+Model, loss and decoding: `models/detection/yolo.py`. Loss: the paper's sum-squared error
+(coordinates x lambda_coord, confidence of responsible predictors, confidence of the others x
+lambda_noobj, class probabilities of cells with an object), summed over the images and divided
+by their number. Metrics: each term's mean per image. Evaluator "coco": pycocotools AP, AP50,
+... on the validation split, and a picture of predicted boxes.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
 from mlx_research.models.backbone import level_stride
@@ -91,8 +88,7 @@ class Task(detection.DetectionTask):
     def __init__(self, config: ml_collections.ConfigDict, dtype: Any):
         super().__init__(config, dtype)
         m, d = config.model, config.data
-        self.num_classes = self._num_classes()
-        self.input_hw = (d.image_size, d.image_size)
+        input_hw = (d.image_size, d.image_size)
         self.model = yolo.YOLOv1(
             num_classes=self.num_classes, grid_size=m.grid_size, boxes_per_cell=m.boxes_per_cell,
             backbone=m.backbone, small_cnn_features=tuple(m.small_cnn_features),
@@ -101,32 +97,12 @@ class Task(detection.DetectionTask):
             fc_hidden=m.fc_hidden, dropout=m.dropout, output_activation=m.output_activation,
             dtype=dtype,
         )
+        self.criterion = yolo.YoloCriterion(input_hw, lambda_coord=m.lambda_coord,
+                                            lambda_noobj=m.lambda_noobj,
+                                            conf_target=m.conf_target)
+        self.postprocess = yolo.YoloPostprocess(
+            input_hw, score_thresh=m.score_thresh, nms_thresh=m.nms_thresh,
+            pre_nms_top_k=m.pre_nms_top_k, detections_per_img=m.detections_per_img)
 
-    # ------------------------------------------------------------------ loss
-    def loss(self, params, model_state, batch, rng):
-        m = self.config.model
-        predictions, new_state = self.model.apply(
-            {"params": params, **model_state}, batch["image"], train=True,
-            rngs={"dropout": rng}, mutable=list(model_state))
-        encode = functools.partial(yolo.encode_targets, grid_size=m.grid_size,
-                                   num_classes=self.num_classes, image_hw=self.input_hw)
-        targets = jax.vmap(encode)(batch["boxes"], batch["labels"], batch["box_valid"])
-        terms = jax.vmap(functools.partial(
-            yolo.yolo_loss, image_hw=self.input_hw, lambda_coord=m.lambda_coord,
-            lambda_noobj=m.lambda_noobj, conf_target=m.conf_target))(predictions, targets)
-        total = sum(jnp.sum(v) for v in terms.values())
-        metrics = {k: jnp.mean(v) for k, v in terms.items()}
-        num_images = batch["image"].shape[0]
-        return (total, jnp.float32(num_images)), (metrics, {**model_state, **new_state})
-
-    # ------------------------------------------------------------------ evaluation
-    def predict(self, variables, batch) -> dict[str, jax.Array]:
-        """Detections [B, D]: boxes (xyxy, resized pixels), scores, labels (1..C), valid."""
-        m = self.config.model
-        predictions = self.model.apply(variables, batch["image"], train=False)
-        return jax.vmap(functools.partial(
-            yolo.decode, input_hw=self.input_hw, score_thresh=m.score_thresh,
-            nms_thresh=m.nms_thresh, pre_nms_top_k=m.pre_nms_top_k,
-            detections_per_img=m.detections_per_img,
-        ))(predictions, batch["image_hw"])
-
+    def model_inputs(self, batch):
+        return {"images": batch["image"]}
