@@ -2,6 +2,7 @@
 an image without boxes), both matchers, post-processing, data=4 x model=2 against one device, and
 the trainer end to end with evaluation."""
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -13,7 +14,8 @@ import scipy.optimize
 from mlx_research.data.detection_transforms import DetectionTransform
 from mlx_research.data.shapes import SyntheticShapes
 from mlx_research.errors import ConfigError
-from mlx_research.models.detection.detr import feature_mask, postprocess, set_criterion
+from mlx_research.models.detection.detr import feature_mask, postprocess
+from mlx_research.models.detection.set_criterion import set_criterion
 from mlx_research.testing import run_with_devices
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.trainer import Trainer
@@ -152,15 +154,16 @@ def test_matched_loss_equals_numpy_scipy_reference_for_both_matchers(setup):
     last = [float(metrics[k]) for k in ("loss_ce", "loss_bbox", "loss_giou")]
     np.testing.assert_allclose(last, rows[-1], rtol=1e-5)
     task = trainer.task
+    criterion = task.criterion
     for matcher, aux, expected in (("scipy", True, want),
                                    ("device", False, _reference(
                                        lambda b: [x[-1:] for x in outputs(b)], batch)[0])):
-        task.config.model.update(matcher=matcher, aux_loss=aux)
+        task.criterion = dataclasses.replace(criterion, matcher=matcher, aux_loss=aux)
         try:
             (loss_sum, weight), _ = jax.jit(task.loss)(state.params, state.model_state, batch,
                                                        jax.random.key(0))
         finally:
-            task.config.model.update(matcher="device", aux_loss=True)
+            task.criterion = criterion
         np.testing.assert_allclose(float(loss_sum / weight), expected, rtol=1e-5)
 
 

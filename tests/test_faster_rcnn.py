@@ -8,6 +8,8 @@ import numpy as np
 from mlx_research.data.detection_transforms import DetectionTransform
 from mlx_research.data.pipeline import make_eval_iterator
 from mlx_research.evaluation.coco import CocoEvaluator
+from mlx_research.models.detection.faster_rcnn import FasterRCNNCriterion, FasterRCNNOutputs
+from mlx_research.models.detection.rcnn import SampledAnchors, SampledRois
 from mlx_research.data.shapes import SyntheticShapes, write_coco
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.step import loss_and_grads
@@ -41,6 +43,47 @@ def _batch(task, seed, empty=False):
     else:
         assert bool(batch["box_valid"].any())
     return batch
+
+
+def _smooth_l1(diff, beta=1 / 9):
+    diff = np.abs(diff)
+    return np.where(diff < beta, 0.5 * diff**2 / beta, diff - 0.5 * beta)
+
+
+def test_criterion_normalises_each_image_by_its_samples_and_the_batch_by_images():
+    rng = np.random.default_rng(0)
+    f32 = lambda *shape: rng.normal(size=shape).astype(np.float32)
+    positive = np.array([[1, 0, 1, 0, 0, 0], [0] * 6], bool)  # image 1: nothing sampled
+    negative = np.array([[0, 1, 0, 1, 1, 0], [0] * 6], bool)
+    roi_valid = np.array([[1, 1, 1, 0], [0] * 4], bool)
+    labels = np.array([[2, 0, 1, 1], [0] * 4], np.int32)
+    anchors = SampledAnchors(positive, negative, f32(2, 6, 4))
+    rois = SampledRois(f32(2, 4, 4), roi_valid, labels, f32(2, 4, 4))
+    outputs = FasterRCNNOutputs(f32(2, 6), f32(2, 6, 4), rois.boxes, roi_valid, f32(2, 4, 3),
+                                f32(2, 4, 3, 4), anchors, rois)
+    (loss_sum, weight), metrics = jax.jit(FasterRCNNCriterion())(outputs, None)
+    want = {k: [] for k in ("rpn_objectness", "rpn_box", "classifier", "box_reg")}
+    for i in range(2):  # torchvision's losses in float64
+        x = outputs.objectness[i].astype(np.float64)
+        sampled = positive[i] | negative[i]
+        count = max(sampled.sum(), 1)
+        bce = np.maximum(x, 0) - x * positive[i] + np.log1p(np.exp(-np.abs(x)))
+        want["rpn_objectness"].append((bce * sampled).sum() / count)
+        box = _smooth_l1(outputs.rpn_deltas[i] - anchors.targets[i]).sum(-1)
+        want["rpn_box"].append((box * positive[i]).sum() / count)
+        count = max(roi_valid[i].sum(), 1)
+        z = outputs.class_logits[i].astype(np.float64)
+        log_prob = z - z.max(-1, keepdims=True)
+        log_prob -= np.log(np.exp(log_prob).sum(-1, keepdims=True))
+        ce = -log_prob[np.arange(4), labels[i]]
+        want["classifier"].append((ce * roi_valid[i]).sum() / count)
+        chosen = outputs.box_deltas[i][np.arange(4), labels[i]]
+        box = _smooth_l1(chosen - rois.targets[i]).sum(-1) * (roi_valid[i] & (labels[i] > 0))
+        want["box_reg"].append(box.sum() / count)
+    assert float(weight) == 2 and want["rpn_box"][0] > 0 and want["box_reg"][0] > 0
+    np.testing.assert_allclose(float(loss_sum), sum(map(sum, want.values())), rtol=1e-5)
+    for name, values in want.items():
+        np.testing.assert_allclose(float(metrics[name]), np.mean(values), rtol=1e-5, err_msg=name)
 
 
 def test_losses_finite_without_objects_and_one_compilation(tmp_path):
@@ -128,8 +171,12 @@ def test_feature_pyramid_variant_trains_and_detects(tmp_path):
     config.model.update(fpn=True, fpn_channels=16, feature_levels=("C2", "C3"),
                         anchor_sizes=((16,), (32,), (64,)), aspect_ratios=((0.5, 1.0, 2.0),) * 3)
     trainer = Trainer(config, str(tmp_path))
-    assert trainer.task.feature_sizes == ((16, 16), (8, 8), (4, 4))  # C2, C3 and the pooled level
-    assert trainer.task.anchors.shape == ((16 * 16 + 8 * 8 + 4 * 4) * 3, 4)
+    task, batch = trainer.task, trainer.init_batch
+    variables = jax.eval_shape(task.init_variables, jax.random.key(0), batch)
+    outputs = jax.eval_shape(lambda v: task.model.apply(v, **task.model_inputs(batch)), variables)
+    # C2 (16 x 16), C3 (8 x 8) and the pooled level (4 x 4), 3 anchors per location.
+    assert outputs.objectness.shape == (1, (16 * 16 + 8 * 8 + 4 * 4) * 3)
+    assert outputs.rois.shape == (1, 16, 4) and outputs.box_deltas.shape == (1, 16, 4, 4)
     state = trainer.train()
     trainer.close()
     assert int(state.step) == 2

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from mlx_research.errors import ConfigError
+from mlx_research.models.detection.interface import DetectionTargets
 from mlx_research.models.detection.yolo import (
+    YoloCriterion,
     YoloPredictions,
     decode,
     encode_targets,
@@ -133,6 +135,22 @@ def test_loss_matches_the_loop_reference(case, conf_target):
         assert got["coord"] == got["conf_obj"] == got["class"] == 0.0
         noobj = 0.5 * np.sum(preds[1].astype(np.float64) ** 2)
         np.testing.assert_allclose(got["conf_noobj"], noobj, rtol=1e-6)
+
+
+def test_criterion_sums_the_images_and_divides_by_their_number():
+    cases = [CASES["two_cells"], CASES["empty"]]
+    preds = [_predictions(seed) for seed in (1, 2)]
+    batch = YoloPredictions(*(jnp.stack(parts) for parts in zip(*preds)))
+    padded = [_padded(*case) for case in cases]
+    targets = DetectionTargets(*(jnp.stack(parts) for parts in zip(*padded)),
+                               image_hw=jnp.array([HW, HW]))
+    (loss_sum, weight), metrics = jax.jit(YoloCriterion(HW, conf_target="one"))(batch, targets)
+    want = [reference_loss(*p, *case, conf_target="one") for p, case in zip(preds, cases)]
+    assert float(weight) == 2
+    np.testing.assert_allclose(float(loss_sum), sum(sum(w.values()) for w in want), rtol=1e-5)
+    for name, key in (("coord", "coord"), ("conf_noobj", "conf_noobj"), ("class", "cls")):
+        np.testing.assert_allclose(float(metrics[name]), (want[0][key] + want[1][key]) / 2,
+                                   rtol=1e-5, err_msg=name)
 
 
 def test_one_cell_keeps_the_largest_object():

@@ -6,7 +6,7 @@
    query groups, decoder layers and max_boxes), and of the same with DETR's matching size (100
    queries, 50 target slots, 6 decoder layers; the shapes hold at most 6 objects), with
    ``model.matcher = "device"`` and ``"scipy"``; and the matching alone as the step runs it
-   (``models.detection.detr.hungarian_match`` over [layers, batch * groups, queries,
+   (``models.detection.set_criterion.hungarian_match`` over [layers, batch * groups, queries,
    max_boxes] costs with the batch's ``box_valid``), jitted. Share = matching / step of the
    same matcher.
 2. Matcher speed at DETR's reference size: 100 queries x 50 target slots with a random number
@@ -33,7 +33,7 @@ from benchmarks.common import (cpu_model, load_average, median_seconds, read_res
 from benchmarks.speed.matching_speed import compare_matchers, matcher_table
 from experiments.detection.detr_shapes import get_config
 from mlx_research.data.pipeline import make_train_iterator
-from mlx_research.models.detection.detr import hungarian_match
+from mlx_research.models.detection.set_criterion import hungarian_match
 from mlx_research.train.trainer import Trainer
 
 STEP_REPEATS = 15

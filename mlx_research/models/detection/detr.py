@@ -1,9 +1,9 @@
 """DETR (Carion et al. 2020): a Transformer that predicts a set of boxes, trained by matching.
 
-Network (facebookresearch/detr ``models/detr.py``, ``transformer.py``): images normalised with
-the ImageNet mean/std, a backbone (``SmallCNN`` or a ResNet) whose map at ``feature_level`` goes
-through a 1x1 input projection to ``hidden_dim``; 2-D sine positions (``normalize=True``) over
-the valid (unpadded) feature pixels; a Transformer encoder over the flattened map and a decoder
+Network (facebookresearch/detr ``models/detr.py``, ``transformer.py``): a `Backbone` (ImageNet
+normalisation, ``SmallCNN`` or a ResNet) whose map at ``feature_level`` goes through a 1x1
+input projection to ``hidden_dim``; 2-D sine positions (``normalize=True``) over the valid
+(unpadded) feature pixels; a Transformer encoder over the flattened map and a decoder
 whose ``num_queries`` object queries start at zero content with learned query positions; every
 decoder layer's output (after the decoder's final LayerNorm) goes through the shared class head
 (``num_classes + 1`` logits) and the 3-layer box MLP with a sigmoid (normalised cxcywh).
@@ -21,19 +21,14 @@ one-to-one, inference with the first). Training DETR from scratch on small synth
 stays on the "every query predicts the mean box" plateau for thousands of steps; these two
 leave it within a few hundred (see experiments/detection/detr_shapes.py).
 
-Criterion (DETR's ``HungarianMatcher`` + ``SetCriterion``), per decoder layer: an exact
-Hungarian matching per image between queries and the valid targets (``box_valid``) on
-``cost_class * (-prob[target class]) + cost_bbox * L1(cxcywh) + cost_giou * (-GIoU)``, no
-gradient through it; then cross-entropy over all queries with class weights (``eos_coef`` for
-no-object, 1 otherwise) as a weighted mean over the batch, and ``L1`` and ``1 - GIoU`` summed
-over the matched pairs and divided by ``num_boxes`` (the batch's valid targets, at least 1).
-Every layer is matched on its own (auxiliary losses) and the weighted losses are summed over
-layers. The matching is ``mlx_research.ops.linear_sum_assignment`` (on device, or scipy
-through ``pure_callback``); all layers and images go to it as one vmapped call.
+Detector parts (`interface`): `DETR` (images -> `DetrOutputs`, every decoder layer's class
+logits and boxes), `DetrCriterion` (`set_criterion.py`: DETR's Hungarian matching and set
+criterion) and `DetrPostprocess` (DETR's ``PostProcess`` of the last layer's first query group).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, NamedTuple, Sequence
 
@@ -41,16 +36,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlx_research.models.backbone import Backbone
 from mlx_research.nn.position import LearnedPositionEmbedding, sine_position_encoding_2d
-from mlx_research.nn.resnet import SmallCNN, resnet18, resnet34, resnet50
 from mlx_research.nn.transformer import (TransformerDecoder, TransformerDecoderLayer,
                                          TransformerEncoder)
-from mlx_research.ops.boxes import box_convert, generalized_box_iou
-from mlx_research.ops.matching import matcher
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
+from mlx_research.ops.boxes import box_convert
 
 
 class BoxMLP(nn.Module):
@@ -133,6 +123,19 @@ class SpatiallyModulatedDecoder(nn.Module):
         return jnp.stack(outputs), reference_logit
 
 
+class DetrOutputs(NamedTuple):
+    """Every decoder layer's predictions, L = num_decoder_layers (the last layer last), G * Q
+    queries (G = query_groups, group-major).
+
+    Attributes:
+      logits: [L, B, G * Q, K + 1] float32, the last column no-object.
+      boxes: [L, B, G * Q, 4] float32 cxcywh in [0, 1] of the valid image.
+    """
+
+    logits: jax.Array
+    boxes: jax.Array
+
+
 class DETR(nn.Module):
     """Backbone + input projection + Transformer encoder/decoder + class and box heads.
 
@@ -185,7 +188,7 @@ class DETR(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, image_hw: jax.Array,
-                 train: bool = False) -> tuple[jax.Array, jax.Array]:
+                 train: bool = False) -> DetrOutputs:
         """Scores every query at every decoder layer.
 
         Args:
@@ -194,19 +197,16 @@ class DETR(nn.Module):
           train: batch statistics and dropout on (needs a "dropout" rng when dropout > 0).
 
         Returns:
-          (logits [L, B, G * Q, K + 1] float32, boxes [L, B, G * Q, 4] float32 cxcywh in [0, 1]
-          of the valid image), L = num_decoder_layers (the last layer last), G = query_groups.
+          DetrOutputs.
         """
-        if self.backbone == "small_cnn":
-            body = SmallCNN(features=tuple(self.small_cnn_features), norm=self.norm,
-                            dtype=self.dtype, name="backbone")
-        else:
-            body = _RESNETS[self.backbone](norm=self.norm, dtype=self.dtype, name="backbone")
-        mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
-        features = body(((images - mean) / std).astype(self.dtype), train=train)[self.feature_level]
+        extractor = Backbone(
+            arch=self.backbone, feature_levels=(self.feature_level,),
+            small_cnn_features=tuple(self.small_cnn_features), norm=self.norm,
+            body_name="backbone", dtype=self.dtype, name="extractor")
+        (features,) = extractor(images, train)
         batch, height, width = features.shape[:3]
         src = nn.Conv(self.hidden_dim, (1, 1), dtype=self.dtype, name="input_proj")(features)
-        stride = 2 ** int(self.feature_level[1:])
+        stride = extractor.strides()[0]
         valid = feature_mask(image_hw, (height, width), stride)
         pos = sine_position_encoding_2d(valid, self.hidden_dim // 2, self.pos_temperature,
                                         scale=self.pos_scale).astype(self.dtype)
@@ -245,129 +245,7 @@ class DETR(nn.Module):
         boxes = boxes.astype(jnp.float32)
         if self.spatial_prior:  # centres relative to the reference points
             boxes = boxes.at[..., :2].add(reference_logit.astype(jnp.float32))
-        return logits.astype(jnp.float32), jax.nn.sigmoid(boxes)
-
-
-# ------------------------------------------------------------------------------------------
-# Matching and criterion
-# ------------------------------------------------------------------------------------------
-
-
-class CriterionWeights(NamedTuple):
-    """DETR's matching costs and loss weights (``--set_cost_*``, ``--*_loss_coef``)."""
-
-    cost_class: float = 1.0
-    cost_bbox: float = 5.0
-    cost_giou: float = 2.0
-    loss_ce: float = 1.0
-    loss_bbox: float = 5.0
-    loss_giou: float = 2.0
-    eos_coef: float = 0.1
-
-
-class LayerLoss(NamedTuple):
-    """Per decoder layer [L]: the three losses (normalised as DETR) and two logged errors."""
-
-    ce: jax.Array
-    bbox: jax.Array
-    giou: jax.Array
-    class_error: jax.Array
-    cardinality_error: jax.Array
-
-
-def hungarian_match(cost: jax.Array, target_valid: jax.Array,
-                    method: str = "device") -> tuple[jax.Array, jax.Array]:
-    """Exact min-cost matching of queries to the valid targets, per image (any leading dims).
-
-    Args:
-      cost: [..., Q, M] matching cost (no gradient flows through the result).
-      target_valid: [..., M] bool.
-      method: "device" | "scipy" (see ``ops.linear_sum_assignment``).
-
-    Returns:
-      (queries, targets): [..., min(Q, M)] int32 matched pairs, -1 in unused slots.
-    """
-    solve = matcher(method)
-    fn = lambda c, v: solve(c, valid_cols=v)
-    for _ in range(cost.ndim - 2):
-        fn = jax.vmap(fn)
-    return fn(cost, jnp.broadcast_to(target_valid, cost.shape[:-2] + target_valid.shape[-1:]))
-
-
-def set_criterion(logits: jax.Array, boxes: jax.Array, target_boxes: jax.Array,
-                  target_labels: jax.Array, target_valid: jax.Array,
-                  weights: CriterionWeights = CriterionWeights(), method: str = "device",
-                  groups: int = 1) -> tuple[jax.Array, LayerLoss]:
-    """DETR's loss with auxiliary losses: every layer matched and scored, weighted, summed.
-
-    With ``groups = G > 1`` (Group DETR) the G * Q queries of an image are G sets of Q, each
-    matched to the image's targets on its own; the result is the mean over groups of each
-    group's DETR loss (every group matches as many targets, so the class-weighted mean over all
-    sets and the box sums over G times the target count are exactly that mean).
-
-    Args:
-      logits: [L, B, G * Q, K + 1] class logits, the last column no-object, group-major.
-      boxes: [L, B, G * Q, 4] predicted cxcywh, normalised.
-      target_boxes: [B, M, 4] cxcywh normalised by the same image size; padded rows anything
-        finite.
-      target_labels: [B, M] int in 1..K (padded rows anything).
-      target_valid: [B, M] bool; images may have no valid target (loss stays finite).
-      weights: matching costs, loss weights and the no-object class weight.
-      method: matcher, "device" | "scipy".
-      groups: query groups G.
-
-    Returns:
-      (total, per_layer): total = sum over layers of ``loss_ce * ce + loss_bbox * bbox +
-      loss_giou * giou`` (scalar); per_layer: ``LayerLoss`` of [L] arrays.
-    """
-    if groups > 1:  # each group is an image of its own: [L, B, G * Q] -> [L, B * G, Q]
-        logits, boxes = (x.reshape(x.shape[0], -1, x.shape[2] // groups, x.shape[-1])
-                         for x in (logits, boxes))
-        target_boxes, target_labels, target_valid = (
-            jnp.repeat(x, groups, axis=0) for x in (target_boxes, target_labels, target_valid))
-    num_classes = logits.shape[-1] - 1
-    classes = jnp.clip(target_labels - 1, 0, num_classes - 1)  # logit column of each target
-    l1 = jnp.abs(boxes[..., :, None, :] - target_boxes[:, None, :, :]).sum(-1)  # [L, B, Q, M]
-    giou = generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"),
-                               box_convert(target_boxes, "cxcywh", "xyxy")[None])
-    log_prob = jax.nn.log_softmax(logits, axis=-1)
-    prob = jnp.exp(log_prob)
-    prob_of_target = jnp.take_along_axis(
-        prob, jnp.broadcast_to(classes[None, :, None, :], l1.shape), axis=-1)  # [L, B, Q, M]
-    cost = (weights.cost_bbox * l1 - weights.cost_class * prob_of_target
-            - weights.cost_giou * giou)
-    queries, targets = hungarian_match(jax.lax.stop_gradient(cost), target_valid, method)
-    matched = queries >= 0  # [L, B, P]
-    q, t = jnp.maximum(queries, 0), jnp.maximum(targets, 0)
-
-    def pairs(matrix):  # [L, B, Q, M] -> [L, B, P] at the matched pairs, 0 elsewhere
-        flat = matrix.reshape(*matrix.shape[:2], -1)
-        return jnp.where(matched, jnp.take_along_axis(flat, q * matrix.shape[-1] + t, -1), 0.0)
-
-    num_boxes = jnp.maximum(target_valid.sum(), 1).astype(jnp.float32)
-    bbox = pairs(l1).sum((1, 2)) / num_boxes
-    giou_loss = jnp.where(matched, 1.0 - pairs(giou), 0.0).sum((1, 2)) / num_boxes
-
-    num_layers, batch, num_queries = logits.shape[:3]
-    matched_class = jnp.take_along_axis(jnp.broadcast_to(classes, t.shape[:2] + classes.shape[1:]),
-                                        t, axis=-1)  # [L, B, P]
-    slot = jnp.where(matched, q, num_queries)  # unmatched pairs scatter out of range: dropped
-    target_class = jnp.full((num_layers, batch, num_queries), num_classes, jnp.int32)
-    layer_index = jnp.arange(num_layers)[:, None, None]
-    batch_index = jnp.arange(batch)[None, :, None]
-    target_class = target_class.at[layer_index, batch_index, slot].set(matched_class, mode="drop")
-    class_weight = jnp.where(target_class == num_classes, weights.eos_coef, 1.0)
-    nll = -jnp.take_along_axis(log_prob, target_class[..., None], axis=-1)[..., 0]
-    ce = (class_weight * nll).sum((1, 2)) / class_weight.sum((1, 2))
-
-    total = (weights.loss_ce * ce + weights.loss_bbox * bbox + weights.loss_giou * giou_loss).sum()
-    predicted = jnp.argmax(logits, axis=-1)  # [L, B, Q]
-    correct = jnp.take_along_axis(predicted, q, -1) == matched_class
-    class_error = 100.0 - 100.0 * (correct & matched).sum((1, 2)) / jnp.maximum(
-        matched.sum((1, 2)), 1)
-    class_error = jnp.where(matched.any((1, 2)), class_error, 100.0)
-    cardinality = jnp.abs((predicted != num_classes).sum(-1) - target_valid.sum(-1)).mean(-1)
-    return total, LayerLoss(ce, bbox, giou_loss, class_error, cardinality.astype(jnp.float32))
+        return DetrOutputs(logits.astype(jnp.float32), jax.nn.sigmoid(boxes))
 
 
 def postprocess(logits: jax.Array, boxes: jax.Array,
@@ -392,3 +270,20 @@ def postprocess(logits: jax.Array, boxes: jax.Array,
         "labels": (jnp.argmax(prob, axis=-1) + 1).astype(jnp.int32),
         "valid": jnp.ones(prob.shape[:2], bool),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class DetrPostprocess:
+    """`postprocess` of the last decoder layer's first query group (Group DETR infers with it).
+
+    Attributes:
+      num_queries: Q, the queries of one group.
+    """
+
+    num_queries: int
+
+    def __call__(self, outputs: DetrOutputs, image_hw: jax.Array) -> dict[str, jax.Array]:
+        """One detection per query [B, Q] (see `interface`), all valid, as DETR's COCO
+        evaluation keeps every query."""
+        q = self.num_queries
+        return postprocess(outputs.logits[-1, :, :q], outputs.boxes[-1, :, :q], image_hw)

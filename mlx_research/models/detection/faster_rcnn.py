@@ -1,54 +1,38 @@
-"""Faster R-CNN (Ren et al. 2015) networks: backbone (+ optional FPN), RPN head, box head.
+"""Faster R-CNN (Ren et al. 2015): model, criterion and postprocess.
 
-The parts follow torchvision's `fasterrcnn_resnet50_fpn`: images normalised with the ImageNet
-mean/std, a ResNet (or `SmallCNN`) backbone, optionally a feature pyramid (lateral 1x1, top-down
-nearest upsampling, 3x3 outputs, an extra max-pooled level), an RPN head shared by every level
-(3x3 conv, 1x1 objectness and box deltas), and a two-layer MLP box head with a softmax classifier
-and class-specific box regression. Targets, losses, proposals and detections are pure functions in
-`mlx_research.models.detection.rcnn`; the task (`train/tasks/faster_rcnn.py`) joins them.
+The parts follow torchvision's `fasterrcnn_resnet50_fpn`: a `Backbone` (ImageNet normalisation,
+ResNet or `SmallCNN`, optionally a feature pyramid with an extra max-pooled level), anchors on
+every level, an RPN head shared by the levels (3x3 conv, 1x1 objectness and box deltas), top-k +
+NMS proposals, RoI Align, and a two-layer MLP box head with a softmax classifier and
+class-specific box regression. As in torchvision the training forward samples: anchors against
+the targets for the RPN loss, and RoIs (proposals + ground truth) for the box head; the
+per-image functions (matching, sampling, losses, proposals, detections) are in
+`mlx_research.models.detection.rcnn`.
+
+Detector parts (`interface`): `FasterRCNN` (images -> `FasterRCNNOutputs`, with the samples in
+training), `FasterRCNNCriterion` (RPN BCE + smooth-L1 over the sampled anchors, box-head
+cross-entropy + smooth-L1 over the sampled RoIs, each per image divided by its number sampled;
+summed over the images and divided by their number) and `FasterRCNNPostprocess` (class scores
+and boxes of every proposal, score threshold, per-class NMS).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+import functools
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mlx_research.nn.resnet import SmallCNN, resnet18, resnet34, resnet50
+from mlx_research.models.backbone import Backbone
+from mlx_research.models.detection import rcnn
+from mlx_research.models.detection.interface import DetectionTargets
+from mlx_research.ops.anchors import anchor_grid
+from mlx_research.ops.roi import multiscale_roi_align, roi_align
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 _conv_init = nn.initializers.normal(0.01)  # torchvision's RPN / FPN-free head init
-
-
-class FeaturePyramid(nn.Module):
-    """FPN over backbone maps (finest first): [B, Hl, Wl, Cl] -> [B, Hl, Wl, channels], plus one
-    level max-pooled from the coarsest output (torchvision's `LastLevelMaxPool`)."""
-
-    channels: int = 256
-    extra_level: bool = True
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, features: Sequence[jax.Array]) -> list[jax.Array]:
-        laterals = [
-            nn.Conv(self.channels, (1, 1), dtype=self.dtype, name=f"lateral{i}")(f)
-            for i, f in enumerate(features)
-        ]
-        merged = [laterals[-1]]
-        for lateral in reversed(laterals[:-1]):
-            up = jax.image.resize(merged[0], (*lateral.shape[:3], merged[0].shape[-1]), "nearest")
-            merged.insert(0, lateral + up)
-        outputs = [
-            nn.Conv(self.channels, (3, 3), padding=1, dtype=self.dtype, name=f"output{i}")(m)
-            for i, m in enumerate(merged)
-        ]
-        if self.extra_level:
-            outputs.append(nn.max_pool(outputs[-1], (1, 1), strides=(2, 2)))
-        return outputs
 
 
 class RPNHead(nn.Module):
@@ -98,62 +82,236 @@ class BoxHead(nn.Module):
             jnp.float32)
 
 
-class FasterRCNN(nn.Module):
-    """Backbone (+ FPN) + RPN head + box head.
+class FasterRCNNOutputs(NamedTuple):
+    """Outputs of a batch; R RoIs per image.
 
     Attributes:
-        num_classes: object classes (background excluded).
-        num_anchors: anchors per location (sizes per level x aspect ratios).
+      objectness: [B, A] float32 RPN logits of the anchors of every level (`ops.anchor_grid`
+        order).
+      rpn_deltas: [B, A, 4] float32.
+      rois: [B, R, 4] float32 xyxy pixels the box head scored: the sampled RoIs in training,
+        the proposals otherwise.
+      roi_valid: [B, R] bool.
+      class_logits: [B, R, K + 1] float32, column 0 background.
+      box_deltas: [B, R, K + 1, 4] float32, class-specific (`rcnn.ROI_CODER`).
+      anchor_samples: `rcnn.SampledAnchors` of [B, A] leaves in training, else None.
+      roi_samples: `rcnn.SampledRois` of [B, R] leaves in training, else None.
+    """
+
+    objectness: jax.Array
+    rpn_deltas: jax.Array
+    rois: jax.Array
+    roi_valid: jax.Array
+    class_logits: jax.Array
+    box_deltas: jax.Array
+    anchor_samples: rcnn.SampledAnchors | None
+    roi_samples: rcnn.SampledRois | None
+
+
+class FasterRCNN(nn.Module):
+    """Backbone (+ FPN), anchors, RPN head, proposals, RoI Align, box head.
+
+    Attributes:
+        num_classes: object classes K (background excluded).
         backbone: "small_cnn" | "resnet18" | "resnet34" | "resnet50".
-        feature_levels: backbone outputs used ("C3", ... finest first); without FPN exactly one.
+        feature_levels: backbone maps used ("C3", ... finest first); without FPN exactly one.
         small_cnn_features: channels of SmallCNN's stages.
         fpn: feature pyramid over `feature_levels` (+ a max-pooled extra level).
         fpn_channels: FPN width.
         norm: backbone norm ("batch", "frozen_batch", "group").
-        representation_size: box head MLP width.
+        anchor_sizes: anchor sizes in pixels, one tuple per level (every level as many).
+        aspect_ratios: anchor h / w, one tuple per level (every level as many).
+        rpn_fg_iou, rpn_bg_iou: anchor matching thresholds.
+        rpn_batch_size_per_image, rpn_positive_fraction: anchors sampled per image.
+        rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train: proposals per level before NMS and
+            in all after it, in training.
+        rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test: the same otherwise.
+        rpn_nms_thresh: proposal NMS IoU.
+        rpn_min_size: proposals smaller than this (pixels) are dropped.
+        box_fg_iou, box_bg_iou: RoI matching thresholds.
+        box_batch_size_per_image, box_positive_fraction: RoIs sampled per image.
         roi_output_size: pooled RoI size (the box head's input is that squared x channels).
+        sampling_ratio: RoI Align sampling points per bin and axis.
+        representation_size: box head MLP width.
+        dtype: computation dtype.
     """
 
     num_classes: int
-    num_anchors: int
     backbone: str = "small_cnn"
     feature_levels: Sequence[str] = ("C3",)
     small_cnn_features: Sequence[int] = (32, 64, 128)
     fpn: bool = False
     fpn_channels: int = 256
     norm: str = "batch"
-    representation_size: int = 1024
+    anchor_sizes: Sequence[Sequence[float]] = ((16, 32, 64),)
+    aspect_ratios: Sequence[Sequence[float]] = ((0.5, 1.0, 2.0),)
+    rpn_fg_iou: float = 0.7
+    rpn_bg_iou: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_nms_thresh: float = 0.7
+    rpn_min_size: float = 1e-3
+    box_fg_iou: float = 0.5
+    box_bg_iou: float = 0.5
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25
     roi_output_size: int = 7
+    sampling_ratio: int = 2
+    representation_size: int = 1024
     dtype: Any = jnp.float32
 
     def setup(self):
-        if self.backbone == "small_cnn":
-            self.body = SmallCNN(features=tuple(self.small_cnn_features), norm=self.norm,
-                                 dtype=self.dtype)
-        else:
-            self.body = _RESNETS[self.backbone](norm=self.norm, dtype=self.dtype)
-        if self.fpn:
-            self.pyramid = FeaturePyramid(self.fpn_channels, dtype=self.dtype)
-        self.rpn_head = RPNHead(self.num_anchors, dtype=self.dtype)
+        self.extractor = Backbone(
+            arch=self.backbone, feature_levels=tuple(self.feature_levels),
+            small_cnn_features=tuple(self.small_cnn_features), norm=self.norm,
+            fpn_channels=self.fpn_channels if self.fpn else 0, body_name="body", dtype=self.dtype)
+        num_anchors = len(self.anchor_sizes[0]) * len(self.aspect_ratios[0])
+        self.rpn_head = RPNHead(num_anchors, dtype=self.dtype)
         self.box_head = BoxHead(self.num_classes, self.representation_size, dtype=self.dtype)
 
-    def features(self, images: jax.Array, train: bool = False) -> list[jax.Array]:
-        """images [B, H, W, 3] in [0, 1] -> feature levels [B, Hl, Wl, C], finest first."""
-        mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
-        maps = self.body(((images - mean) / std).astype(self.dtype), train=train)
-        levels = [maps[name] for name in self.feature_levels]
-        return self.pyramid(levels) if self.fpn else levels
+    def __call__(
+        self,
+        images: jax.Array,
+        image_hw: jax.Array,
+        train: bool = False,
+        targets: DetectionTargets | None = None,
+        key: jax.Array | None = None,
+    ) -> FasterRCNNOutputs:
+        """Scores the proposals (or, in training, RoIs sampled from them and the ground truth).
 
-    def rpn(self, features: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
-        return self.rpn_head(features)
+        Args:
+          images: [B, H, W, 3] float in [0, 1], padded bottom/right.
+          image_hw: [B, 2] int, valid height and width (proposals are clipped to them).
+          train: batch statistics, the training proposal counts, and sampling of anchors and
+            RoIs against `targets` with `key` (both needed then).
+          targets: the ground truth (training).
+          key: PRNG key of the sampling (training).
 
-    def classify_rois(self, pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return self.box_head(pooled)
+        Returns:
+          FasterRCNNOutputs.
+        """
+        if train and (targets is None or key is None):
+            raise ValueError("FasterRCNN: training needs the targets and a sampling key")
+        features = self.extractor(images, train)
+        objectness, rpn_deltas = self.rpn_head(features)
+        feature_sizes = tuple(tuple(f.shape[1:3]) for f in features)
+        sizes, ratios = tuple(map(tuple, self.anchor_sizes)), tuple(map(tuple, self.aspect_ratios))
+        anchors = anchor_grid(images.shape[1:3], feature_sizes, sizes, ratios)
+        level_sizes = tuple(h * w * len(s) * len(r)
+                            for (h, w), s, r in zip(feature_sizes, sizes, ratios))
+        anchor_samples = roi_samples = None
+        if train:
+            rpn_key, roi_key = jax.random.split(key)
+            anchor_samples = self._sample_anchors(rpn_key, anchors, targets)
+            proposals, valid = self._propose(
+                objectness, rpn_deltas, anchors, level_sizes, image_hw,
+                self.rpn_pre_nms_top_n_train, self.rpn_post_nms_top_n_train)
+            roi_samples = self._sample_rois(roi_key, proposals, valid, targets)
+            rois, roi_valid = roi_samples.boxes, roi_samples.valid
+        else:
+            rois, roi_valid = self._propose(
+                objectness, rpn_deltas, anchors, level_sizes, image_hw,
+                self.rpn_pre_nms_top_n_test, self.rpn_post_nms_top_n_test)
+        class_logits, box_deltas = self.box_head(self._pool(features, rois, images.shape[1:3]))
+        b, r = rois.shape[:2]
+        return FasterRCNNOutputs(
+            objectness, rpn_deltas, rois, roi_valid, class_logits.reshape(b, r, -1),
+            box_deltas.reshape(b, r, -1, 4), anchor_samples, roi_samples)
 
-    def __call__(self, images: jax.Array, train: bool = False):
-        """Runs every part once (for init): features, RPN outputs and the box head on zeros."""
-        features = self.features(images, train)
-        rpn = self.rpn(features)
-        channels = features[0].shape[-1]
-        pooled = jnp.zeros((1, self.roi_output_size, self.roi_output_size, channels), self.dtype)
-        return features, rpn, self.classify_rois(pooled)
+    def _sample_anchors(self, key, anchors, targets) -> rcnn.SampledAnchors:
+        """`rcnn.sample_anchors` of every image, one key each: [B, A] leaves."""
+        sample = functools.partial(
+            rcnn.sample_anchors, fg_iou=self.rpn_fg_iou, bg_iou=self.rpn_bg_iou,
+            batch_size_per_image=self.rpn_batch_size_per_image,
+            positive_fraction=self.rpn_positive_fraction)
+        keys = jax.random.split(key, targets.boxes.shape[0])
+        return jax.vmap(lambda k, b, v: sample(k, anchors, b, v))(keys, targets.boxes,
+                                                                  targets.valid)
+
+    def _sample_rois(self, key, proposals, proposal_valid, targets) -> rcnn.SampledRois:
+        """`rcnn.sample_rois` of every image, one key each: [B, R] leaves."""
+        sample = functools.partial(
+            rcnn.sample_rois, fg_iou=self.box_fg_iou, bg_iou=self.box_bg_iou,
+            batch_size_per_image=self.box_batch_size_per_image,
+            positive_fraction=self.box_positive_fraction)
+        keys = jax.random.split(key, targets.boxes.shape[0])
+        return jax.vmap(sample)(keys, proposals, proposal_valid, targets.boxes, targets.labels,
+                                targets.valid)
+
+    def _propose(self, objectness, rpn_deltas, anchors, level_sizes, image_hw, pre_nms_top_n,
+                 post_nms_top_n):
+        """Proposals of every image (`rcnn.propose`): (boxes [B, P, 4], valid [B, P])."""
+        propose = functools.partial(
+            rcnn.propose, level_sizes=level_sizes, pre_nms_top_n=pre_nms_top_n,
+            post_nms_top_n=post_nms_top_n, nms_thresh=self.rpn_nms_thresh,
+            min_size=self.rpn_min_size)
+        return jax.vmap(lambda o, d, hw: propose(o, d, anchors, image_hw=hw))(
+            objectness, rpn_deltas, image_hw)
+
+    def _pool(self, features, rois, input_hw):
+        """RoI Align of rois [B, R, 4] -> [B * R, S, S, C] (over the FPN levels but the extra)."""
+        rois = _with_batch_index(rois)
+        if self.fpn:
+            return multiscale_roi_align(features[:-1], rois, input_hw, self.roi_output_size,
+                                        self.sampling_ratio)
+        stride = input_hw[0] / features[0].shape[1]
+        return roi_align(features[0], rois, self.roi_output_size, spatial_scale=1.0 / stride,
+                         sampling_ratio=self.sampling_ratio)
+
+
+def _with_batch_index(boxes: jax.Array) -> jax.Array:
+    """[B, K, 4] boxes -> [B * K, 5] RoIs (batch index, x1, y1, x2, y2)."""
+    b, k = boxes.shape[:2]
+    index = jnp.repeat(jnp.arange(b, dtype=boxes.dtype), k)[:, None]
+    return jnp.concatenate([index, boxes.reshape(b * k, 4)], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class FasterRCNNCriterion:
+    """torchvision's four losses (its settings are the model's sampling fields)."""
+
+    def __call__(
+        self, outputs: FasterRCNNOutputs, targets: DetectionTargets
+    ) -> tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
+        """Per-image losses of the samples in `outputs` (the model matched them to `targets`).
+
+        Returns:
+          ((sum over images of the four losses, number of images), each loss's mean per image:
+          "rpn_objectness", "rpn_box", "classifier", "box_reg").
+        """
+        del targets
+        rpn = jax.vmap(rcnn.rpn_loss)(outputs.objectness, outputs.rpn_deltas,
+                                      outputs.anchor_samples)
+        head = jax.vmap(rcnn.box_head_loss)(outputs.class_logits, outputs.box_deltas,
+                                            outputs.roi_samples)
+        parts = {"rpn_objectness": rpn.classification, "rpn_box": rpn.box,
+                 "classifier": head.classification, "box_reg": head.box}
+        total = sum(jnp.sum(v) for v in parts.values())
+        metrics = {k: jnp.mean(v) for k, v in parts.items()}
+        return (total, jnp.float32(outputs.objectness.shape[0])), metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class FasterRCNNPostprocess:
+    """torchvision's `RoIHeads.postprocess_detections` (see `rcnn.detect`).
+
+    Attributes:
+      score_thresh: detections need a class score above it.
+      nms_thresh: per-class NMS IoU.
+      detections_per_img: D, the fixed number of outputs.
+    """
+
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+
+    def __call__(self, outputs: FasterRCNNOutputs, image_hw: jax.Array) -> dict[str, jax.Array]:
+        """Detections [B, D] (see `interface`) of the proposals' class scores and boxes."""
+        return jax.vmap(functools.partial(
+            rcnn.detect, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img,
+        ))(outputs.class_logits, outputs.box_deltas, outputs.rois, outputs.roi_valid, image_hw)

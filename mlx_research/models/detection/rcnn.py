@@ -52,10 +52,14 @@ class Losses(NamedTuple):
     box: jax.Array
 
 
-def rpn_loss(
+class SampledAnchors(NamedTuple):
+    positive: jax.Array  # [A] sampled foreground
+    negative: jax.Array  # [A] sampled background
+    targets: jax.Array  # [A, 4] regression targets (RPN_CODER), 0 unless positive
+
+
+def sample_anchors(
     key: jax.Array,
-    objectness: jax.Array,
-    deltas: jax.Array,
     anchors: jax.Array,
     gt_boxes: jax.Array,
     gt_valid: jax.Array,
@@ -64,15 +68,22 @@ def rpn_loss(
     bg_iou: float = 0.3,
     batch_size_per_image: int = 256,
     positive_fraction: float = 0.5,
-) -> Losses:
-    """objectness [A], deltas [A, 4], anchors [A, 4] -> BCE and smooth-L1 (beta 1/9) sums over
-    the sampled anchors, each divided by the number sampled."""
+) -> SampledAnchors:
+    """Matches the anchors [A, 4] to the ground truth (with low-quality matches) and samples
+    `batch_size_per_image` of them at `positive_fraction` foreground."""
     index, labels = match(box_iou(anchors, gt_boxes), gt_valid, fg_iou, bg_iou, low_quality=True)
     positive, negative = balanced_sample(key, labels, batch_size_per_image, positive_fraction)
-    count = jnp.maximum((positive | negative).sum(), 1)
     # Padding / no-box images encode to inf: keep the non-positive rows out before the loss.
     targets = jnp.where(positive[:, None], RPN_CODER.encode(gt_boxes[index], anchors), 0.0)
-    box = jnp.sum(_smooth_l1(deltas - targets, 1.0 / 9).sum(-1) * positive) / count
+    return SampledAnchors(positive, negative, targets)
+
+
+def rpn_loss(objectness: jax.Array, deltas: jax.Array, anchors: SampledAnchors) -> Losses:
+    """objectness [A], deltas [A, 4] -> BCE and smooth-L1 (beta 1/9) sums over the sampled
+    anchors, each divided by the number sampled."""
+    positive, negative = anchors.positive, anchors.negative
+    count = jnp.maximum((positive | negative).sum(), 1)
+    box = jnp.sum(_smooth_l1(deltas - anchors.targets, 1.0 / 9).sum(-1) * positive) / count
     bce = optax.sigmoid_binary_cross_entropy(objectness, positive.astype(objectness.dtype))
     return Losses(jnp.sum(bce * (positive | negative)) / count, box)
 

@@ -1,11 +1,14 @@
 """YOLO v1 (Redmon et al. 2016, "You Only Look Once"): network, targets, loss and decoding.
 
+Detector parts (`interface`): `YOLOv1` (images -> `YoloPredictions`), `YoloCriterion` (the loss
+below, summed over the images and divided by their number) and `YoloPostprocess` (`decode`).
+
 The image is cut into an ``S x S`` grid. Every cell predicts ``B`` boxes, each ``(x, y, sqrt_w,
 sqrt_h, confidence)`` with ``(x, y)`` the box centre relative to the cell (0..1 across it) and
 ``sqrt_w, sqrt_h`` the square roots of the box size relative to the image, and ``C`` class
 probabilities conditional on an object, shared by its boxes.
 
-Network: a backbone map (``SmallCNN`` or a ResNet from ``mlx_research.nn``), ``head_convs`` 3x3
+Network: a `Backbone` map (ImageNet normalisation, ``SmallCNN`` or a ResNet), ``head_convs`` 3x3
 conv - norm - leaky ReLU (0.1) layers, average pooling down to ``S x S`` when the map is a
 multiple of it, then either a 1x1 conv per cell (``head="conv"``) or the paper's two fully
 connected layers with dropout (``head="fc"``). ``output_activation="linear"`` keeps the paper's
@@ -40,20 +43,19 @@ image's valid region.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlx_research.models.backbone import Backbone
+from mlx_research.models.detection.interface import DetectionTargets
 from mlx_research.nn.normalization import get_norm
-from mlx_research.nn.resnet import SmallCNN, resnet18, resnet34, resnet50
 from mlx_research.ops.boxes import box_area, box_iou, clip_boxes_to_image
 from mlx_research.ops.nms import batched_nms
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 
 
 class YoloPredictions(NamedTuple):
@@ -125,13 +127,11 @@ class YOLOv1(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> YoloPredictions:
         """images [N, H, W, 3] in [0, 1] -> YoloPredictions (see the class docstring)."""
-        if self.backbone == "small_cnn":
-            body = SmallCNN(features=tuple(self.small_cnn_features), norm=self.norm,
-                            dtype=self.dtype, name="body")
-        else:
-            body = _RESNETS[self.backbone](norm=self.norm, dtype=self.dtype, name="body")
-        mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
-        x = body(((images - mean) / std).astype(self.dtype), train=train)[self.feature_level]
+        extractor = Backbone(
+            arch=self.backbone, feature_levels=(self.feature_level,),
+            small_cnn_features=tuple(self.small_cnn_features), norm=self.norm, body_name="body",
+            dtype=self.dtype, name="extractor")
+        (x,) = extractor(images, train)
         for i in range(self.head_convs):
             x = nn.Conv(self.head_channels, (3, 3), padding=1, use_bias=self.head_norm == "none",
                         dtype=self.dtype, name=f"head_conv{i + 1}")(x)
@@ -328,3 +328,62 @@ def decode(
            "scores": jnp.where(found, scores[index], 0.0),
            "labels": jnp.where(found, labels[index], 0), "valid": found}
     return {key: jnp.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for key, v in out.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class YoloCriterion:
+    """`yolo_loss` of every image against its `encode_targets`, summed over the images and
+    normalised by their number.
+
+    Attributes:
+      input_hw: (H, W) of the network input in pixels.
+      lambda_coord: weight of the coordinate terms.
+      lambda_noobj: weight of the confidence of non-responsible predictors.
+      conf_target: "iou" (paper) | "one".
+    """
+
+    input_hw: tuple[int, int]
+    lambda_coord: float = 5.0
+    lambda_noobj: float = 0.5
+    conf_target: str = "iou"
+
+    def __call__(
+        self, outputs: YoloPredictions, targets: DetectionTargets
+    ) -> tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
+        """Returns ((sum of the terms over images, number of images), each term's mean per
+        image: "coord", "conf_obj", "conf_noobj", "class")."""
+        num_images, grid_size = outputs.boxes.shape[:2]
+        encode = functools.partial(encode_targets, grid_size=grid_size,
+                                   num_classes=outputs.class_probs.shape[-1],
+                                   image_hw=self.input_hw)
+        cells = jax.vmap(encode)(targets.boxes, targets.labels, targets.valid)
+        terms = jax.vmap(functools.partial(
+            yolo_loss, image_hw=self.input_hw, lambda_coord=self.lambda_coord,
+            lambda_noobj=self.lambda_noobj, conf_target=self.conf_target))(outputs, cells)
+        total = sum(jnp.sum(v) for v in terms.values())
+        metrics = {k: jnp.mean(v) for k, v in terms.items()}
+        return (total, jnp.float32(num_images)), metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class YoloPostprocess:
+    """`decode` of every image.
+
+    Attributes:
+      input_hw: (H, W) of the network input in pixels.
+      score_thresh, nms_thresh, pre_nms_top_k, detections_per_img: as in `decode`.
+    """
+
+    input_hw: tuple[int, int]
+    score_thresh: float = 0.01
+    nms_thresh: float = 0.5
+    pre_nms_top_k: int = 1000
+    detections_per_img: int = 100
+
+    def __call__(self, outputs: YoloPredictions, image_hw: jax.Array) -> dict[str, jax.Array]:
+        """Detections [B, D] (see `interface`), clipped to each image's valid region."""
+        return jax.vmap(functools.partial(
+            decode, input_hw=self.input_hw, score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh, pre_nms_top_k=self.pre_nms_top_k,
+            detections_per_img=self.detections_per_img,
+        ))(outputs, image_hw)

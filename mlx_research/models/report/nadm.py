@@ -276,11 +276,7 @@ class NADM(R2Gen):
         Returns:
           ``[B, N, d_model]``.
         """
-        patches = []
-        for view in range(images.shape[1]):
-            feature_map = list(self.extractor(images[:, view], train).values())[-1]
-            patches.append(feature_map.reshape(images.shape[0], -1, feature_map.shape[-1]))
-        return self.feature_norm(nn.relu(self.att_embed(jnp.concatenate(patches, axis=1))))
+        return self.feature_norm(nn.relu(self.att_embed(self.view_patches(images, train))))
 
     def _tags(self, logits: Array, targets: Array | None, train: bool) -> Array:
         """Embeddings ``[B, K, D]`` of the top-K words: the targets' first in training."""

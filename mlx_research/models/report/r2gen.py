@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mlx_research.models.backbone import Backbone
 from mlx_research.models.decoding import DecodeState, Step, cached_step
 from mlx_research.models.report.relational_memory import (
     ACTIVATION_AXES,
@@ -44,13 +45,10 @@ from mlx_research.models.report.relational_memory import (
 )
 from mlx_research.nn.attention import combine_masks, make_causal_mask, make_padding_mask
 from mlx_research.nn.position import sinusoidal_position_encoding
-from mlx_research.nn.resnet import SmallCNN, resnet18, resnet34, resnet50
 
 Array = jax.Array
 Dtype = Any
 
-_RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
-BACKBONES = ("small_cnn", *_RESNETS)
 # torch nn.Linear's default kernel init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 _TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -81,7 +79,7 @@ class R2Gen(nn.Module):
 
     vocab_size: int
     max_len: int
-    backbone: str = "resnet18"
+    backbone: str = "small_cnn"
     small_cnn_features: Sequence[int] = (32, 64, 128)
     norm: str = "batch"
     d_model: int = 512
@@ -98,20 +96,14 @@ class R2Gen(nn.Module):
     dtype: Dtype = jnp.float32
 
     def setup(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(
-                f"R2Gen.backbone: unknown {self.backbone!r}; expected one of {BACKBONES}")
         if self.use_memory and self.rm_d_model != self.d_model:
             raise ValueError(f"R2Gen.rm_d_model ({self.rm_d_model}) must equal d_model "
                              f"({self.d_model}): tokens join the memory rows")
-        if self.backbone == "small_cnn":
-            self.extractor = SmallCNN(tuple(self.small_cnn_features), self.norm, dtype=self.dtype,
-                                      name="backbone")
-            feature_width = self.small_cnn_features[-1]
-        else:
-            self.extractor = _RESNETS[self.backbone](norm=self.norm, dtype=self.dtype,
-                                                     name="backbone")
-            feature_width = 2048 if self.backbone == "resnet50" else 512
+        # The data pipeline normalises the images (R2Gen's transforms.Normalize).
+        self.extractor = Backbone(
+            arch=self.backbone, small_cnn_features=tuple(self.small_cnn_features), norm=self.norm,
+            normalize=False, body_name="backbone", dtype=self.dtype)
+        (feature_width,) = self.extractor.widths()
         self.att_embed = dense(self.d_model, ("mlp", "embed"), torch_bias_init(feature_width),
                                self.dtype, "att_embed", _TORCH_KERNEL_INIT)
         self.feature_dropout_layer = nn.Dropout(self.feature_dropout)
@@ -149,16 +141,29 @@ class R2Gen(nn.Module):
         Returns:
           ``[B, V * h * w, d_model]`` (h, w: the backbone's last feature map).
         """
-        patches = []
-        for view in range(images.shape[1]):
-            feature_map = list(self.extractor(images[:, view], train).values())[-1]
-            patches.append(feature_map.reshape(images.shape[0], -1, feature_map.shape[-1]))
-        x = nn.relu(self.att_embed(jnp.concatenate(patches, axis=1)))
+        x = nn.relu(self.att_embed(self.view_patches(images, train)))
         x = self.feature_dropout_layer(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
         for layer in self.encoder_layers:
             x = layer(x, not train)
         return self.encoder_norm(x)
+
+    def view_patches(self, images: Array, train: bool = False) -> Array:
+        """The visual extractor on each view (one call per view, so batch norm sees each view's
+        batch), the views' patches concatenated.
+
+        Args:
+          images: ``[B, V, H, W, C]`` float32, normalised by the data pipeline.
+          train: batch norm on batch statistics.
+
+        Returns:
+          ``[B, V * h * w, C_map]``: the backbone's deepest map, flattened per view.
+        """
+        patches = []
+        for view in range(images.shape[1]):
+            (feature_map,) = self.extractor(images[:, view], train)
+            patches.append(feature_map.reshape(images.shape[0], -1, feature_map.shape[-1]))
+        return jnp.concatenate(patches, axis=1)
 
     def _embed(self, tokens: Array, start: Array | int = 0) -> Array:
         """``embed(tokens) * sqrt(d_model)`` plus the positions ``start .. start + T - 1``."""

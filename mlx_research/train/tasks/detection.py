@@ -1,10 +1,12 @@
 """What the detection tasks (faster_rcnn, yolo, detr) share: the synthetic shapes or a COCO-format
-folder as data, its config fields and checks, the box transform, and the COCO mAP evaluator.
+folder as data, its config fields and checks, the box transform, the COCO mAP evaluator, and the
+loss and prediction of a detector (`models/detection/interface.py`).
 
-A subclass sets ``self.model`` and implements ``loss`` and ``predict(variables, batch) ->
-{"boxes" [B, D, 4] xyxy resized pixels, "scores" [B, D], "labels" [B, D] in 1..K, "valid"
-[B, D]}``; the evaluator "coco" scores those detections (pycocotools AP, AP50, ... and a picture
-of predicted boxes).
+A subclass sets ``self.model``, ``self.criterion`` and ``self.postprocess`` in ``__init__``.
+``loss`` runs the model in training mode and its criterion; ``predict(variables, batch)`` runs
+it in evaluation mode and its postprocess, giving ``{"boxes" [B, D, 4] xyxy resized pixels,
+"scores" [B, D], "labels" [B, D] in 1..K, "valid" [B, D]}``; the evaluator "coco" scores those
+detections (pycocotools AP, AP50, ... and a picture of predicted boxes).
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ from mlx_research.data import shapes
 from mlx_research.data.detection_transforms import DetectionTransform
 from mlx_research.errors import ConfigError
 from mlx_research.evaluation.coco import CocoEvaluator
+from mlx_research.models.detection.interface import Criterion, DetectionTargets, Postprocess
 from mlx_research.train.tasks import base
-
-BACKBONES = ("small_cnn", "resnet18", "resnet34", "resnet50")
 
 _DATA_RANGES = {
     "data.image_size": (16, None),
@@ -78,9 +79,14 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
 
 
 class DetectionTask(base.Task):
-    """Data, transform and evaluator of a detection task (see the module docstring)."""
+    """Data, transform, evaluator, loss and prediction of a detection task (see the module
+    docstring)."""
 
-    def _num_classes(self) -> int:
+    criterion: Criterion
+    postprocess: Postprocess
+
+    @functools.cached_property
+    def num_classes(self) -> int:
         """K: object classes (labels 1..K)."""
         if self.config.data.dataset == "shapes":
             return len(shapes.CLASS_NAMES)
@@ -111,10 +117,26 @@ class DetectionTask(base.Task):
         return self._transform(train=True)(example, rng)
 
     def model_inputs(self, batch):
-        return {"images": batch["image"]}
+        return {"images": batch["image"], "image_hw": batch["image_hw"]}
+
+    def training_inputs(self, batch, rng) -> dict:
+        """Further keyword arguments of the model in training (default: none; the model's
+        randomness is its "dropout" rng stream)."""
+        del batch, rng
+        return {}
+
+    def loss(self, params, model_state, batch, rng):
+        outputs, new_state = self.model.apply(
+            {"params": params, **model_state}, **self.model_inputs(batch),
+            **self.training_inputs(batch, rng), train=True, rngs={"dropout": rng},
+            mutable=list(model_state))
+        (loss_sum, weight), metrics = self.criterion(outputs, detection_targets(batch))
+        return (loss_sum, weight), (metrics, {**model_state, **new_state})
 
     def predict(self, variables, batch):
-        raise NotImplementedError
+        """Detections [B, D]: boxes (xyxy, resized pixels), scores, labels (1..K), valid."""
+        outputs = self.model.apply(variables, **self.model_inputs(batch), train=False)
+        return self.postprocess(outputs, batch["image_hw"])
 
     def evaluators(self):
         if self.config.data.dataset == "coco":
@@ -131,3 +153,8 @@ class DetectionTask(base.Task):
             source=source, transform=self._transform(train=False), predict_fn=self.predict,
             coco_gt=ground_truth, image_ids=image_ids, label_to_category_id=label_to_category,
             label_names=names)}
+
+
+def detection_targets(batch) -> DetectionTargets:
+    """The padded ground truth of a batch of `DetectionTransform` examples."""
+    return DetectionTargets(batch["boxes"], batch["labels"], batch["box_valid"], batch["image_hw"])

@@ -33,6 +33,7 @@ from mlx_research.losses.classification import cross_entropy
 from mlx_research.models.decoding import Cache, Step, search, shift_right
 from mlx_research.models.report.r2gen import R2Gen, make_step
 from mlx_research.train.tasks import base
+from mlx_research.train.tasks.backbone import check_backbone_config
 
 _RANGES = {
     "model.d_model": (1, None),
@@ -118,8 +119,8 @@ class Task(base.Task):
 
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
+        check_backbone_config(config)
         check_choices(config, {
-            "model.backbone": ("small_cnn", "resnet18", "resnet34", "resnet50"),
             "data.dataset": ("synthetic", *r2gen.DATASETS),
             "eval.split": ("val", "test"),
         })

@@ -1,25 +1,24 @@
 """YOLO v1 on the synthetic shapes (default) or a COCO-format folder, scored by COCO mAP.
 
-Loss: the paper's sum-squared error (`models/detection/yolo.py`: coordinates x lambda_coord,
-confidence of responsible predictors, confidence of the others x lambda_noobj, class
-probabilities of cells with an object), summed over the images and divided by their number.
-Metrics: each term's mean per image. Evaluator "coco": pycocotools AP, AP50, ... on the
-validation split, and a picture of predicted boxes.
+Model, loss and decoding: `models/detection/yolo.py`. Loss: the paper's sum-squared error
+(coordinates x lambda_coord, confidence of responsible predictors, confidence of the others x
+lambda_noobj, class probabilities of cells with an object), summed over the images and divided
+by their number. Metrics: each term's mean per image. Evaluator "coco": pycocotools AP, AP50,
+... on the validation split, and a picture of predicted boxes.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
 from mlx_research.config_checks import check_choices, check_ranges
 from mlx_research.errors import ConfigError
+from mlx_research.models.backbone import level_stride
 from mlx_research.models.detection import yolo
 from mlx_research.train.tasks import detection
+from mlx_research.train.tasks.backbone import check_backbone_config
 
 _RANGES = {
     "model.grid_size": (1, None),
@@ -70,8 +69,8 @@ class Task(detection.DetectionTask):
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
         detection.validate_data(config)
+        check_backbone_config(config, "feature_level")
         check_choices(config, {
-            "model.backbone": detection.BACKBONES,
             "model.head": ("conv", "fc"),
             "model.head_norm": ("batch", "none"),
             "model.output_activation": ("sigmoid", "linear"),
@@ -79,14 +78,7 @@ class Task(detection.DetectionTask):
         })
         check_ranges(config, _RANGES)
         m, d = config.model, config.data
-        if m.backbone == "small_cnn":
-            levels = [f"C{i + 1}" for i in range(len(m.small_cnn_features))]
-        else:
-            levels = ["C2", "C3", "C4", "C5"]
-        if m.feature_level not in levels:
-            raise ConfigError(f"config: 'model.feature_level' must be one of {', '.join(levels)} "
-                              f"for {m.backbone}; got {m.feature_level!r}")
-        stride = 2 ** int(m.feature_level[1:])
+        stride = level_stride(m.feature_level)
         side = -(-d.image_size // stride)
         if side % m.grid_size:
             raise ConfigError(f"config: 'model.grid_size' {m.grid_size} must divide the "
@@ -96,8 +88,7 @@ class Task(detection.DetectionTask):
     def __init__(self, config: ml_collections.ConfigDict, dtype: Any):
         super().__init__(config, dtype)
         m, d = config.model, config.data
-        self.num_classes = self._num_classes()
-        self.input_hw = (d.image_size, d.image_size)
+        input_hw = (d.image_size, d.image_size)
         self.model = yolo.YOLOv1(
             num_classes=self.num_classes, grid_size=m.grid_size, boxes_per_cell=m.boxes_per_cell,
             backbone=m.backbone, small_cnn_features=tuple(m.small_cnn_features),
@@ -106,32 +97,12 @@ class Task(detection.DetectionTask):
             fc_hidden=m.fc_hidden, dropout=m.dropout, output_activation=m.output_activation,
             dtype=dtype,
         )
+        self.criterion = yolo.YoloCriterion(input_hw, lambda_coord=m.lambda_coord,
+                                            lambda_noobj=m.lambda_noobj,
+                                            conf_target=m.conf_target)
+        self.postprocess = yolo.YoloPostprocess(
+            input_hw, score_thresh=m.score_thresh, nms_thresh=m.nms_thresh,
+            pre_nms_top_k=m.pre_nms_top_k, detections_per_img=m.detections_per_img)
 
-    # ------------------------------------------------------------------ loss
-    def loss(self, params, model_state, batch, rng):
-        m = self.config.model
-        predictions, new_state = self.model.apply(
-            {"params": params, **model_state}, batch["image"], train=True,
-            rngs={"dropout": rng}, mutable=list(model_state))
-        encode = functools.partial(yolo.encode_targets, grid_size=m.grid_size,
-                                   num_classes=self.num_classes, image_hw=self.input_hw)
-        targets = jax.vmap(encode)(batch["boxes"], batch["labels"], batch["box_valid"])
-        terms = jax.vmap(functools.partial(
-            yolo.yolo_loss, image_hw=self.input_hw, lambda_coord=m.lambda_coord,
-            lambda_noobj=m.lambda_noobj, conf_target=m.conf_target))(predictions, targets)
-        total = sum(jnp.sum(v) for v in terms.values())
-        metrics = {k: jnp.mean(v) for k, v in terms.items()}
-        num_images = batch["image"].shape[0]
-        return (total, jnp.float32(num_images)), (metrics, {**model_state, **new_state})
-
-    # ------------------------------------------------------------------ evaluation
-    def predict(self, variables, batch) -> dict[str, jax.Array]:
-        """Detections [B, D]: boxes (xyxy, resized pixels), scores, labels (1..C), valid."""
-        m = self.config.model
-        predictions = self.model.apply(variables, batch["image"], train=False)
-        return jax.vmap(functools.partial(
-            yolo.decode, input_hw=self.input_hw, score_thresh=m.score_thresh,
-            nms_thresh=m.nms_thresh, pre_nms_top_k=m.pre_nms_top_k,
-            detections_per_img=m.detections_per_img,
-        ))(predictions, batch["image_hw"])
-
+    def model_inputs(self, batch):
+        return {"images": batch["image"]}
