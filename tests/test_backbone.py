@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mlx_research.errors import ConfigError
 from mlx_research.models.backbone import (
     BACKBONES,
     Backbone,
@@ -18,7 +19,6 @@ from mlx_research.models.backbone import (
     normalize_imagenet,
 )
 from mlx_research.nn.resnet import SmallCNN
-from mlx_research.errors import ConfigError
 from mlx_research.train.tasks.backbone import check_backbone_config
 
 KEY = jax.random.key(0, impl="rbg")  # fast real inits on XLA:CPU (see test_resnet.py)
