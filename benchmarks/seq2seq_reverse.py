@@ -27,7 +27,7 @@ def main() -> None:
         wall = time.perf_counter() - start
         greedy = trainer.evaluate_checkpoint()
         trainer.close()
-        config.eval.beam_size = 4
+        config.evals.decode.beam_size = 4
         beam_trainer = Trainer(config, workdir)
         start = time.perf_counter()
         beam = beam_trainer.evaluate_checkpoint()

@@ -1,8 +1,16 @@
-"""Experiment config schema: the trainer's fields, the task's fields, and validation.
+"""Experiment config schema: the trainer's fields, the task's fields, the evaluators, validation.
 
 An experiment file builds its config from `default_config(task)` and changes what it needs; the
 trainer calls `validate(config)` before anything compiles, so a misspelt key or a wrong type fails
 with one line that names the key.
+
+Evaluators are declared by name under `config.evals`, big_vision style: each entry names the
+evaluator kind in `type` (one of the task's `evaluator_kinds()`), its cadence `every_steps`, its
+global `batch_size` and the kind's own settings; fields an entry leaves out take the kind's
+defaults. Scores are logged as `eval/<name>/<metric>`. Another evaluator of an existing kind is
+one more entry, e.g. in an experiment file:
+
+    config.evals.val_greedy = dict(type="report", split="val", beam_size=1, every_steps=500)
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import ml_collections
 from mlx_research.nn.regularization import DEFAULT_EXCLUDE
 from mlx_research.prng import RNG_IMPLS
 from mlx_research.train.errors import ConfigError
-from mlx_research.train.tasks import get_task
+from mlx_research.train.tasks import Task, get_task
 
 
 def trainer_defaults() -> ml_collections.ConfigDict:
@@ -32,7 +40,6 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     c.grad_accum_steps = 1  # split each batch into this many sequential micro-batches
     c.compute_dtype = "float32"  # "float32" | "bfloat16" (activations; parameters stay float32)
     c.log_every = 50  # console + metrics.jsonl every N steps
-    c.eval_every = 500  # evaluation every N steps and at the end (0 = only at the end)
     c.write_images = False  # pictures of predictions (PNG + TensorBoard) at each evaluation
     c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1, "stage": 1})  # -1 = the rest
     c.sharding_rules = "default"  # "default" | "fsdp": logical-axis rules (mlx_research.parallel)
@@ -67,20 +74,42 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     c.init_from.exclude = ()  # regexes of loaded keys to skip (e.g. "^params/fc/")
     c.data = ml_collections.ConfigDict()  # the task adds its fields (tasks/<name>.py)
     c.data.num_workers = 0  # threads reading and transforming examples (0 = one prefetch thread)
-    c.eval = ml_collections.ConfigDict()  # the task adds its fields
-    c.eval.batch_size = 64  # global evaluation batch, every evaluator
+    c.evals = ml_collections.ConfigDict()  # evaluators by name (the task lists its defaults)
     return c
 
 
+# Fields of every `config.evals` entry; a kind adds its own settings (and may change defaults).
+EVALUATOR_FIELDS = dict(
+    type="",  # the evaluator kind: one of the task's `evaluator_kinds()`
+    every_steps=500,  # evaluate every N steps and always at the end (0 = only at the end)
+    batch_size=64,  # global evaluation batch
+)
+_EVALUATOR_RANGES = {"every_steps": (0, None), "batch_size": (1, None)}
+
+
+def evaluator_settings(task: type[Task], entry: ml_collections.ConfigDict
+                       ) -> ml_collections.ConfigDict:
+    """A `config.evals` entry with the fields it leaves out at its kind's defaults (the entry's
+    `type` must be one of `task.evaluator_kinds()`)."""
+    settings = ml_collections.ConfigDict(
+        dict(EVALUATOR_FIELDS, **task.evaluator_kinds()[entry.type].defaults, type=entry.type))
+    settings.update(entry)
+    return settings
+
+
 def default_config(task: str) -> ml_collections.ConfigDict:
-    """Trainer fields plus the task's `default_config()` (its `data` and `eval` fields are merged
-    into the trainer's, a task value winning)."""
+    """Trainer fields plus the task's `default_config()` (its `data` fields are merged into the
+    trainer's, a task value winning; its `evals` entries come with every field filled in)."""
     c = trainer_defaults()
     c.task = task
-    task_defaults = get_task(task).default_config()
+    task_class = get_task(task)
+    task_defaults = task_class.default_config()
     for key in task_defaults:
-        if key in ("data", "eval"):
-            c[key].update(task_defaults[key])
+        if key == "data":
+            c.data.update(task_defaults.data)
+        elif key == "evals":
+            for name, entry in task_defaults.evals.items():
+                c.evals[name] = evaluator_settings(task_class, entry)
         else:
             c[key] = task_defaults[key]
     return c
@@ -103,7 +132,6 @@ _RANGES = {
     "batch_size": (1, None),
     "grad_accum_steps": (1, None),
     "log_every": (1, None),
-    "eval_every": (0, None),
     "checkpoint.every_steps": (1, None),
     "checkpoint.keep": (1, None),
     "optim.lr": (0, None),
@@ -117,7 +145,6 @@ _RANGES = {
     "optim.weight_decay": (0, None),
     "optim.grad_clip_norm": (0, None),
     "data.num_workers": (0, None),
-    "eval.batch_size": (1, None),
 }
 
 
@@ -127,23 +154,27 @@ def _get(config: Any, key: str) -> Any:
     return config
 
 
-def check_ranges(config: ml_collections.ConfigDict, ranges: dict[str, tuple]) -> None:
+def check_ranges(config: ml_collections.ConfigDict, ranges: dict[str, tuple],
+                 prefix: str = "") -> None:
     """Raises ConfigError naming the first field of `ranges` ({dotted key: (low, high)}, closed,
-    None = unbounded) whose value lies outside (NaN included)."""
+    None = unbounded) whose value lies outside (NaN included); `prefix` goes before the key in
+    the message (`config` is then that part of the experiment config)."""
     for key, (low, high) in ranges.items():
         value = _get(config, key)
         if not ((low is None or value >= low) and (high is None or value <= high)):
             bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-            raise ConfigError(f"config: {key!r} must be {bound}, got {value!r}")
+            raise ConfigError(f"config: {prefix + key!r} must be {bound}, got {value!r}")
 
 
-def check_choices(config: ml_collections.ConfigDict, choices: dict[str, tuple]) -> None:
+def check_choices(config: ml_collections.ConfigDict, choices: dict[str, tuple],
+                  prefix: str = "") -> None:
     """Raises ConfigError naming the first field of `choices` ({dotted key: allowed}) whose
-    value is not allowed."""
+    value is not allowed; `prefix` as in `check_ranges`."""
     for key, allowed in choices.items():
         value = _get(config, key)
         if value not in allowed:
-            raise ConfigError(f"config: {key!r} must be one of {', '.join(allowed)}; got {value!r}")
+            raise ConfigError(
+                f"config: {prefix + key!r} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 def _check(config: Any, reference: Any, prefix: str) -> None:
@@ -181,9 +212,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         reference = default_config(config.task)
     except ValueError as e:
         raise ConfigError(f"config: 'task': {e}") from None
+    task = get_task(config.task)
+    reference.evals = _evaluator_references(config, task)
     _check(config, reference, "")
     check_ranges(config, _RANGES)
     check_choices(config, _CHOICES)
+    _check_evaluators(config, task)
     if config.init_from.path and not os.path.exists(config.init_from.path):
         raise ConfigError(f"config: 'init_from.path': {config.init_from.path} does not exist")
     if config.batch_size % config.grad_accum_steps:
@@ -192,6 +226,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"grad_accum_steps={config.grad_accum_steps}"
         )
     get_task(config.task).validate_config(config)
+
+
+def _evaluator_references(config: ml_collections.ConfigDict, task: type[Task]
+                          ) -> ml_collections.ConfigDict:
+    """{name: the full default entry of its kind} for the entries of `config.evals` (ConfigError
+    when `evals`, an entry or its `type` is not one)."""
+    evals = config.get("evals")
+    if not isinstance(evals, ml_collections.ConfigDict):
+        raise ConfigError(f"config: 'evals' must be a ConfigDict, got {type(evals).__name__}")
+    kinds = task.evaluator_kinds()
+    references = ml_collections.ConfigDict()
+    for name, entry in evals.items():
+        if not isinstance(entry, ml_collections.ConfigDict):
+            raise ConfigError(
+                f"config: 'evals.{name}' must be a ConfigDict, got {type(entry).__name__}")
+        if entry.get("type") not in kinds:
+            raise ConfigError(f"config: 'evals.{name}.type' must be one of {', '.join(kinds)} "
+                              f"(the evaluator kinds of task {config.task!r}); "
+                              f"got {entry.get('type')!r}")
+        references[name] = evaluator_settings(task, ml_collections.ConfigDict({"type": entry.type}))
+    return references
+
+
+def _check_evaluators(config: ml_collections.ConfigDict, task: type[Task]) -> None:
+    """Ranges and choices of every `config.evals` entry (its kind's and the common ones)."""
+    kinds = task.evaluator_kinds()
+    for name, entry in config.evals.items():
+        settings, kind = evaluator_settings(task, entry), kinds[entry.type]
+        check_ranges(settings, {**_EVALUATOR_RANGES, **kind.ranges}, prefix=f"evals.{name}.")
+        check_choices(settings, dict(kind.choices), prefix=f"evals.{name}.")
 
 
 def parse_presets(arg: str | None, known: tuple[str, ...], source: str) -> list[str]:
@@ -205,18 +269,21 @@ def parse_presets(arg: str | None, known: tuple[str, ...], source: str) -> list[
 
 
 def check_batch_divisible(config: ml_collections.ConfigDict, divisor: int, what: str) -> None:
-    """Raises ConfigError unless the micro-batch (batch_size / grad_accum_steps) and
-    eval.batch_size are multiples of `divisor` (`what` names it, e.g. "the 8 data devices")."""
-    micro = config.batch_size // config.grad_accum_steps
-    for name, size in (("batch_size / grad_accum_steps", micro),
-                       ("eval.batch_size", config.eval.batch_size)):
+    """Raises ConfigError unless the micro-batch (batch_size / grad_accum_steps) and every
+    evaluator's batch_size are multiples of `divisor` (`what` names it, e.g. "the 8 data
+    devices")."""
+    task = get_task(config.task)
+    sizes = {"batch_size / grad_accum_steps": config.batch_size // config.grad_accum_steps}
+    for name, entry in config.evals.items():
+        sizes[f"evals.{name}.batch_size"] = evaluator_settings(task, entry).batch_size
+    for name, size in sizes.items():
         if size % divisor:
             raise ConfigError(f"config: {name} = {size} is not divisible by {what}")
 
 
 # Fields a resumed run may change: they alter neither what a checkpoint holds nor the data order.
 RESUMABLE_FIELDS = (
-    "total_steps", "log_every", "eval_every", "write_images", "checkpoint.", "eval.", "mesh.",
+    "total_steps", "log_every", "write_images", "checkpoint.", "evals.", "mesh.",
     "sharding_rules", "data.num_workers", "init_from.",
 )
 

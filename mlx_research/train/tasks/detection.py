@@ -3,8 +3,8 @@ folder as data, its config fields and checks, the box transform, and the COCO mA
 
 A subclass sets ``self.model`` and implements ``loss`` and ``predict(variables, batch) ->
 {"boxes" [B, D, 4] xyxy resized pixels, "scores" [B, D], "labels" [B, D] in 1..K, "valid"
-[B, D]}``; the evaluator "coco" scores those detections (pycocotools AP, AP50, ... and a picture
-of predicted boxes).
+[B, D]}``; evaluators of kind "coco" score those detections (pycocotools AP, AP50, ... and a
+picture of predicted boxes).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ _DATA_RANGES = {
     "data.hflip_prob": (0, 1),
     "data.scale_min": (0.1, 10),
     "data.scale_max": (0.1, 10),
-    "eval.num_examples": (1, None),
 }
 
 
@@ -56,13 +55,13 @@ def data_config(image_size: int) -> ml_collections.ConfigDict:
     ))
 
 
-def eval_config() -> ml_collections.ConfigDict:
-    """The ``eval`` fields of every detection task."""
-    return ml_collections.ConfigDict(dict(num_examples=256))  # shapes: validation images
+def evals_config() -> ml_collections.ConfigDict:
+    """The default evaluators of every detection task: "coco" on the validation split."""
+    return ml_collections.ConfigDict({"coco": {"type": "coco"}})
 
 
 def validate_data(config: ml_collections.ConfigDict) -> None:
-    """Checks the shared ``data`` / ``eval`` fields; COCO paths must exist (ConfigError)."""
+    """Checks the shared ``data`` fields; COCO paths must exist (ConfigError)."""
     check_choices(config, {"data.dataset": ("shapes", "coco")})
     check_ranges(config, _DATA_RANGES)
     d = config.data
@@ -116,18 +115,32 @@ class DetectionTask(base.Task):
     def predict(self, variables, batch):
         raise NotImplementedError
 
-    def evaluators(self):
+    @classmethod
+    def evaluator_kinds(cls):
+        return {"coco": base.EvaluatorKind(
+            defaults=dict(
+                num_examples=256,  # shapes: validation images (COCO: the whole val split)
+                num_pictures=8,  # validation images drawn with their boxes
+                picture_score_threshold=0.3,  # predicted boxes drawn from this score (not scored)
+            ),
+            ranges={"num_examples": (1, None), "num_pictures": (1, 64),
+                    "picture_score_threshold": (0, 1)},
+            build=cls.coco_evaluator)}
+
+    def coco_evaluator(self, settings: ml_collections.ConfigDict) -> CocoEvaluator:
+        """COCO mAP of `predict` on the validation split (an `evals` entry of kind "coco")."""
         if self.config.data.dataset == "coco":
             source = self._coco("val")
             ground_truth, image_ids = source.coco, source.image_ids
             label_to_category = source.label_to_category_id
         else:
-            source = self._shapes("val", self.config.eval.num_examples)
+            source = self._shapes("val", settings.num_examples)
             ground_truth = shapes.coco_ground_truth(source)
             image_ids = [image["id"] for image in ground_truth["images"]]
             label_to_category = {i: i for i in range(1, len(shapes.CLASS_NAMES) + 1)}
         names = dict(enumerate(source.class_names, start=1))
-        return {"coco": CocoEvaluator(
+        return CocoEvaluator(
             source=source, transform=self._transform(train=False), predict_fn=self.predict,
             coco_gt=ground_truth, image_ids=image_ids, label_to_category_id=label_to_category,
-            label_names=names)}
+            label_names=names, score_threshold=settings.picture_score_threshold,
+            max_images=settings.num_pictures)

@@ -165,9 +165,9 @@ class Task(report.Task):
         size = jnp.float32(tokens.shape[0])
         return (total * size, size), (metrics, {**model_state, **new_state})
 
-    def generate(self, variables: Any, batch: Any) -> jax.Array:
+    def generate(self, variables: Any, batch: Any, beam_size: int,
+                 length_penalty: float) -> jax.Array:
         """Generated report ids [B, max_len] from the images and the prior reports."""
-        e = self.config.eval
         return generate(self.model, variables, batch["image"], batch["prior_tokens"],
                         max_len=self.max_len, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
-                        beam_size=e.beam_size, length_penalty=e.length_penalty)
+                        beam_size=beam_size, length_penalty=length_penalty)

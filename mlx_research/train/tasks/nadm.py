@@ -132,9 +132,8 @@ class Task(report.Task):
         return (batch_size * total, jnp.float32(batch_size)), (metrics, {**model_state,
                                                                          **new_state})
 
-    def generate(self, variables, batch) -> jax.Array:
-        """Generated report ids [B, max_len] (beam search, or greedy with eval.beam_size = 1)."""
-        e = self.config.eval
+    def generate(self, variables, batch, beam_size: int, length_penalty: float) -> jax.Array:
+        """Generated report ids [B, max_len] (beam search, or greedy with beam_size = 1)."""
         return nadm.generate(self.model, variables, batch["image"], max_len=self.max_len,
-                             bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, beam_size=e.beam_size,
-                             length_penalty=e.length_penalty)
+                             bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, beam_size=beam_size,
+                             length_penalty=length_penalty)
