@@ -74,9 +74,9 @@ class Task(seq2seq.Task):
 
     @classmethod
     def evaluator_kinds(cls):
-        indices = base.EvaluatorKind(defaults=dict(num_examples=512),
-                                     ranges={"num_examples": (1, None)},
-                                     build=lambda task, settings: IndexRecorder(settings.num_examples))
+        indices = base.EvaluatorKind(
+            defaults=dict(num_examples=512), ranges={"num_examples": (1, None)},
+            build=lambda task, settings: IndexRecorder(settings.num_examples))
         return dict(super().evaluator_kinds(), indices=indices)
 
     def loss(self, params, model_state, batch, rng):

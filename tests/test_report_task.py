@@ -149,7 +149,8 @@ def test_data_and_tensor_parallel_loss_equals_single_device():
         losses = {}
         for name, devices, mesh in (("one", jax.devices()[:1], {"data": 1}),
                                     ("data4_model2", jax.devices(), {"data": 4, "model": 2})):
-            config = tiny_config(batch_size=8, **{"evals.report.batch_size": 8, "model.dropout": 0.0})
+            config = tiny_config(batch_size=8,
+                                 **{"evals.report.batch_size": 8, "model.dropout": 0.0})
             config.mesh.update(mesh)
             t = Trainer(config, tempfile.mkdtemp(), devices=devices)
             it = make_train_iterator(t.train_source, global_batch_size=8, seed=0,

@@ -129,7 +129,8 @@ def test_evaluator_fields_left_out_take_the_kind_defaults():
     config.evals.extra.batch_size = 6
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.check_batch_divisible(config, 4, "the 4 data devices")
-    assert str(e.value) == "config: evals.extra.batch_size = 6 is not divisible by the 4 data devices"
+    assert str(e.value) == (
+        "config: evals.extra.batch_size = 6 is not divisible by the 4 data devices")
 
 
 def test_config_range_error_through_the_entry_point_before_any_work(tmp_path):

@@ -3,8 +3,9 @@
 Run:     ./launch.sh experiments/seq2seq/reverse.py
 Quick:   ./launch.sh experiments/seq2seq/reverse.py:runlocal        (a few steps, smoke test)
 Result:  token accuracy 1.0000, sequence accuracy 1.0000 (512 held-out sequences) with greedy
-         decoding and with beam search (--config.evals.decode.beam_size=4) after 1500 steps, 46 s on a
-         2-core CPU (./launch.sh bench seq2seq_reverse, benchmarks/results/seq2seq_reverse.json).
+         decoding and with beam search (--config.evals.decode.beam_size=4) after 1500 steps,
+         46 s on a 2-core CPU (./launch.sh bench seq2seq_reverse,
+         benchmarks/results/seq2seq_reverse.json).
 """
 
 from mlx_research.train.config import default_config

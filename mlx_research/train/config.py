@@ -213,7 +213,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     except ValueError as e:
         raise ConfigError(f"config: 'task': {e}") from None
     task = get_task(config.task)
-    reference.evals = _evaluator_references(config, task)
+    reference.evals = _evaluator_references(config, task)  # the entries' own names and kinds
     _check(config, reference, "")
     check_ranges(config, _RANGES)
     check_choices(config, _CHOICES)
@@ -225,13 +225,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config: batch_size={config.batch_size} is not divisible by "
             f"grad_accum_steps={config.grad_accum_steps}"
         )
-    get_task(config.task).validate_config(config)
+    task.validate_config(config)
 
 
 def _evaluator_references(config: ml_collections.ConfigDict, task: type[Task]
                           ) -> ml_collections.ConfigDict:
-    """{name: the full default entry of its kind} for the entries of `config.evals` (ConfigError
-    when `evals`, an entry or its `type` is not one)."""
+    """{name: the default entry of its kind, every field filled in} for the entries of
+    `config.evals`; ConfigError when `evals` or an entry is not a ConfigDict, or an entry's `type`
+    is none of the task's evaluator kinds."""
     evals = config.get("evals")
     if not isinstance(evals, ml_collections.ConfigDict):
         raise ConfigError(f"config: 'evals' must be a ConfigDict, got {type(evals).__name__}")
