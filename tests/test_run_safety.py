@@ -10,7 +10,6 @@ import ml_collections
 import pytest
 
 from mlx_research.train import config as config_lib
-from mlx_research.train.tasks import get_task
 from mlx_research.train.trainer import Trainer
 from mlx_research.testing import REPO_ROOT
 from tests.test_trainer import EXPERIMENT, _env, main_cmd, restore_params, tiny_config
@@ -120,12 +119,13 @@ def test_added_evaluator_errors_name_the_key(entry, message):
 
 def test_evaluator_fields_left_out_take_the_kind_defaults():
     config = tiny_config()
-    config.evals.extra = ml_collections.ConfigDict(dict(type="decode", beam_size=2))
-    config_lib.validate(config)
-    settings = config_lib.evaluator_settings(get_task("seq2seq"), config.evals.extra)
+    config.evals.extra = ml_collections.ConfigDict(dict(type="decode", beam_size=2,
+                                                        length_penalty=2))
+    config_lib.validate(config)  # fills the entry in
     # every_steps from the trainer, batch_size as the kind changes it, the rest the kind's
-    assert settings.to_dict() == dict(type="decode", every_steps=500, batch_size=256,
-                                      num_examples=512, beam_size=2, length_penalty=1.0)
+    assert config.evals.extra.to_dict() == dict(type="decode", every_steps=500, batch_size=256,
+                                                num_examples=512, beam_size=2, length_penalty=2.0)
+    assert isinstance(config.evals.extra.length_penalty, float)  # the field's type
     config.evals.extra.batch_size = 6
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.check_batch_divisible(config, 4, "the 4 data devices")

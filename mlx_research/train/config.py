@@ -7,8 +7,8 @@ with one line that names the key.
 Evaluators are declared by name under `config.evals`, big_vision style: each entry names the
 evaluator kind in `type` (one of the task's `evaluator_kinds()`), its cadence `every_steps`, its
 global `batch_size` and the kind's own settings; fields an entry leaves out take the kind's
-defaults. Scores are logged as `eval/<name>/<metric>`. Another evaluator of an existing kind is
-one more entry, e.g. in an experiment file:
+defaults (`validate` fills them in). Scores are logged as `eval/<name>/<metric>`. Another
+evaluator of an existing kind is one more entry, e.g. in an experiment file:
 
     config.evals.val_greedy = dict(type="report", split="val", beam_size=1, every_steps=500)
 """
@@ -87,10 +87,10 @@ EVALUATOR_FIELDS = dict(
 _EVALUATOR_RANGES = {"every_steps": (0, None), "batch_size": (1, None)}
 
 
-def evaluator_settings(task: type[Task], entry: ml_collections.ConfigDict
-                       ) -> ml_collections.ConfigDict:
-    """A `config.evals` entry with the fields it leaves out at its kind's defaults (the entry's
-    `type` must be one of `task.evaluator_kinds()`)."""
+def _with_kind_defaults(task: type[Task], entry: ml_collections.ConfigDict
+                        ) -> ml_collections.ConfigDict:
+    """A copy of the `config.evals` entry `entry` with the fields it leaves out at its kind's
+    defaults (its `type` must be one of `task.evaluator_kinds()`)."""
     settings = ml_collections.ConfigDict(
         dict(EVALUATOR_FIELDS, **task.evaluator_kinds()[entry.type].defaults, type=entry.type))
     settings.update(entry)
@@ -109,7 +109,7 @@ def default_config(task: str) -> ml_collections.ConfigDict:
             c.data.update(task_defaults.data)
         elif key == "evals":
             for name, entry in task_defaults.evals.items():
-                c.evals[name] = evaluator_settings(task_class, entry)
+                c.evals[name] = _with_kind_defaults(task_class, entry)
         else:
             c[key] = task_defaults[key]
     return c
@@ -154,27 +154,23 @@ def _get(config: Any, key: str) -> Any:
     return config
 
 
-def check_ranges(config: ml_collections.ConfigDict, ranges: dict[str, tuple],
-                 prefix: str = "") -> None:
+def check_ranges(config: ml_collections.ConfigDict, ranges: dict[str, tuple]) -> None:
     """Raises ConfigError naming the first field of `ranges` ({dotted key: (low, high)}, closed,
-    None = unbounded) whose value lies outside (NaN included); `prefix` goes before the key in
-    the message (`config` is then that part of the experiment config)."""
+    None = unbounded) whose value lies outside (NaN included)."""
     for key, (low, high) in ranges.items():
         value = _get(config, key)
         if not ((low is None or value >= low) and (high is None or value <= high)):
             bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-            raise ConfigError(f"config: {prefix + key!r} must be {bound}, got {value!r}")
+            raise ConfigError(f"config: {key!r} must be {bound}, got {value!r}")
 
 
-def check_choices(config: ml_collections.ConfigDict, choices: dict[str, tuple],
-                  prefix: str = "") -> None:
+def check_choices(config: ml_collections.ConfigDict, choices: dict[str, tuple]) -> None:
     """Raises ConfigError naming the first field of `choices` ({dotted key: allowed}) whose
-    value is not allowed; `prefix` as in `check_ranges`."""
+    value is not allowed."""
     for key, allowed in choices.items():
         value = _get(config, key)
         if value not in allowed:
-            raise ConfigError(
-                f"config: {prefix + key!r} must be one of {', '.join(allowed)}; got {value!r}")
+            raise ConfigError(f"config: {key!r} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 def _check(config: Any, reference: Any, prefix: str) -> None:
@@ -205,7 +201,8 @@ def _check(config: Any, reference: Any, prefix: str) -> None:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError (one line) on unknown keys, wrong types and inconsistent values."""
+    """Raises ConfigError (one line) on unknown keys, wrong types and inconsistent values; fills
+    in the fields that `config.evals` entries leave out (their kinds' defaults)."""
     if not config.get("task"):
         raise ConfigError("config: 'task' is not set")
     try:
@@ -215,6 +212,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     task = get_task(config.task)
     reference.evals = _evaluator_references(config, task)  # the entries' own names and kinds
     _check(config, reference, "")
+    for name, entry in config.evals.items():
+        config.evals[name] = _with_kind_defaults(task, entry)
     check_ranges(config, _RANGES)
     check_choices(config, _CHOICES)
     _check_evaluators(config, task)
@@ -246,17 +245,21 @@ def _evaluator_references(config: ml_collections.ConfigDict, task: type[Task]
             raise ConfigError(f"config: 'evals.{name}.type' must be one of {', '.join(kinds)} "
                               f"(the evaluator kinds of task {config.task!r}); "
                               f"got {entry.get('type')!r}")
-        references[name] = evaluator_settings(task, ml_collections.ConfigDict({"type": entry.type}))
+        references[name] = _with_kind_defaults(task, ml_collections.ConfigDict(
+            {"type": entry.type}))
     return references
 
 
 def _check_evaluators(config: ml_collections.ConfigDict, task: type[Task]) -> None:
-    """Ranges and choices of every `config.evals` entry (its kind's and the common ones)."""
+    """Ranges and choices of every (filled in) `config.evals` entry: its kind's and the common
+    ones."""
     kinds = task.evaluator_kinds()
     for name, entry in config.evals.items():
-        settings, kind = evaluator_settings(task, entry), kinds[entry.type]
-        check_ranges(settings, {**_EVALUATOR_RANGES, **kind.ranges}, prefix=f"evals.{name}.")
-        check_choices(settings, dict(kind.choices), prefix=f"evals.{name}.")
+        kind = kinds[entry.type]
+        ranges = {**_EVALUATOR_RANGES, **kind.ranges}
+        check_ranges(config, {f"evals.{name}.{key}": bound for key, bound in ranges.items()})
+        check_choices(config, {f"evals.{name}.{key}": allowed
+                               for key, allowed in kind.choices.items()})
 
 
 def parse_presets(arg: str | None, known: tuple[str, ...], source: str) -> list[str]:
@@ -271,12 +274,11 @@ def parse_presets(arg: str | None, known: tuple[str, ...], source: str) -> list[
 
 def check_batch_divisible(config: ml_collections.ConfigDict, divisor: int, what: str) -> None:
     """Raises ConfigError unless the micro-batch (batch_size / grad_accum_steps) and every
-    evaluator's batch_size are multiples of `divisor` (`what` names it, e.g. "the 8 data
-    devices")."""
-    task = get_task(config.task)
+    evaluator's batch_size (`config.evals` filled in by `validate`) are multiples of `divisor`
+    (`what` names it, e.g. "the 8 data devices")."""
     sizes = {"batch_size / grad_accum_steps": config.batch_size // config.grad_accum_steps}
-    for name, entry in config.evals.items():
-        sizes[f"evals.{name}.batch_size"] = evaluator_settings(task, entry).batch_size
+    sizes.update({f"evals.{name}.batch_size": entry.batch_size
+                  for name, entry in config.evals.items()})
     for name, size in sizes.items():
         if size % divisor:
             raise ConfigError(f"config: {name} = {size} is not divisible by {what}")

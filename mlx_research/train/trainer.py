@@ -118,15 +118,13 @@ class Trainer:
         )
 
         # ---------------------------------------------------------------- evaluators
-        task_class, kinds = type(self.task), type(self.task).evaluator_kinds()
-        self.eval_settings = {name: config_lib.evaluator_settings(task_class, entry)
-                              for name, entry in config.evals.items()}
+        kinds = type(self.task).evaluator_kinds()
         self.evals = {
-            name: EvaluationLoop(kinds[s.type].build(self.task, s),
+            name: EvaluationLoop(kinds[entry.type].build(self.task, entry),
                                  variable_shardings=self.variable_shardings,
-                                 batch_sharding=self.batch_sharding, batch_size=s.batch_size,
+                                 batch_sharding=self.batch_sharding, batch_size=entry.batch_size,
                                  num_workers=config.data.num_workers)
-            for name, s in self.eval_settings.items()
+            for name, entry in config.evals.items()
         }
         # ---------------------------------------------------------------- workdir
         self.lock = self._lock_workdir() if self.is_primary else None
@@ -272,8 +270,8 @@ class Trainer:
         """The evaluators that run after training step `step`: each at its `every_steps` and all
         at the last step."""
         final = step == self.config.total_steps
-        return [name for name, s in self.eval_settings.items()
-                if final or (s.every_steps and step % s.every_steps == 0)]
+        return [name for name, entry in self.config.evals.items()
+                if final or (entry.every_steps and step % entry.every_steps == 0)]
 
     # ------------------------------------------------------------------ training loop
     def train_iterator(self):
