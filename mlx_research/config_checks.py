@@ -36,11 +36,13 @@ def check_choices(config: ml_collections.ConfigDict, choices: dict[str, tuple]) 
 
 
 def check_batch_divisible(config: ml_collections.ConfigDict, divisor: int, what: str) -> None:
-    """Raises ConfigError unless the micro-batch (batch_size / grad_accum_steps) and
-    eval.batch_size are multiples of `divisor` (`what` names it, e.g. "the 8 data devices")."""
-    micro = config.batch_size // config.grad_accum_steps
-    for name, size in (("batch_size / grad_accum_steps", micro),
-                       ("eval.batch_size", config.eval.batch_size)):
+    """Raises ConfigError unless the micro-batch (batch_size / grad_accum_steps) and every
+    evaluator's batch_size (`config.evals` filled in by `validate`) are multiples of `divisor`
+    (`what` names it, e.g. "the 8 data devices")."""
+    sizes = {"batch_size / grad_accum_steps": config.batch_size // config.grad_accum_steps}
+    sizes.update({f"evals.{name}.batch_size": entry.batch_size
+                  for name, entry in config.evals.items()})
+    for name, size in sizes.items():
         if size % divisor:
             raise ConfigError(f"config: {name} = {size} is not divisible by {what}")
 

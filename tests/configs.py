@@ -2,7 +2,8 @@
 
 
 def override(config, overrides: dict):
-    """Sets each dotted key of ``overrides`` ("eval.batch_size": 8) in ``config``; returns it."""
+    """Sets each dotted key of ``overrides`` ("evals.decode.batch_size": 8) in ``config``;
+    returns it."""
     for key, value in overrides.items():
         *parents, last = key.split(".")
         node = config

@@ -2,16 +2,22 @@
 
 - Its training metrics carry `dropout_code`: 20 Bernoulli(0.5) bits drawn from the rng the trainer
   hands to the loss (the dropout rng), packed into an integer (exact in float32).
-- Its second evaluator, "indices", over `eval.num_examples` examples, records which evaluation
-  examples reach `update` and checks that every prediction arrives with its own example's index.
+- Its evaluator kind "indices" (a second default evaluator, `evals.indices`) over `num_examples`
+  examples records which evaluation examples reach `update` and checks that every prediction
+  arrives with its own example's index.
+
+`get_config` makes this file a config file too: `--config=tests/probe_task.py[:presets]` is
+experiments/seq2seq/reverse.py on this task.
 """
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from mlx_research.evaluation.base import Evaluator
-from mlx_research.train.tasks import seq2seq
+from mlx_research.train.config import default_config
+from mlx_research.train.tasks import base, seq2seq
 
 
 class ValueSource:
@@ -58,7 +64,20 @@ class IndexRecorder(Evaluator):
 
 
 class Task(seq2seq.Task):
-    """The seq2seq task (same config fields), instrumented."""
+    """The seq2seq task (same config fields, one more evaluator), instrumented."""
+
+    @staticmethod
+    def default_config():
+        config = seq2seq.Task.default_config()
+        config.evals.indices = ml_collections.ConfigDict({"type": "indices"})
+        return config
+
+    @classmethod
+    def evaluator_kinds(cls):
+        indices = base.EvaluatorKind(
+            defaults=dict(num_examples=512), ranges={"num_examples": (1, None)},
+            build=lambda task, settings: IndexRecorder(settings.num_examples))
+        return dict(super().evaluator_kinds(), indices=indices)
 
     def loss(self, params, model_state, batch, rng):
         (loss_sum, weight), (metrics, model_state) = super().loss(params, model_state, batch, rng)
@@ -66,5 +85,12 @@ class Task(seq2seq.Task):
         code = jnp.sum(bits * 2.0 ** jnp.arange(20, dtype=jnp.float32))
         return (loss_sum, weight), (dict(metrics, dropout_code=code), model_state)
 
-    def evaluators(self):
-        return dict(super().evaluators(), indices=IndexRecorder(self.config.eval.num_examples))
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """experiments/seq2seq/reverse.py (`arg`: its presets) on this task."""
+    from experiments.seq2seq.reverse import get_config as reverse_config
+
+    config = default_config("tests.probe_task")
+    config.update(reverse_config(arg))
+    config.task = "tests.probe_task"
+    return config

@@ -32,8 +32,8 @@ def tiny_config(**overrides):
                         nhead=2, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=32,
                         dropout=0.0, num_queries=5)
     config.data.update(image_size=64, shapes_image_size=64, max_boxes=4, shapes_max_objects=3)
-    config.update(batch_size=2, total_steps=2, log_every=1, eval_every=2)
-    config.eval.update(num_examples=4, batch_size=2)
+    config.update(batch_size=2, total_steps=2, log_every=1)
+    config.evals.coco.update(every_steps=2, num_examples=4, batch_size=2)
     return override(config, overrides)
 
 
@@ -256,7 +256,7 @@ def test_trainer_steps_and_coco_evaluation(setup):
     evals = [r for r in records if "eval/coco/AP" in r]
     assert [r["step"] for r in evals] == [2]
     assert all(-1 <= evals[0][f"eval/coco/{k}"] <= 1 for k in ("AP", "AP50", "AR100"))
-    assert sorted(trainer.evaluators["coco"].seen_image_ids) == [1, 2, 3, 4]
+    assert sorted(trainer.evals["coco"].evaluator.seen_image_ids) == [1, 2, 3, 4]
     assert list(Path(trainer.workdir, "images").glob("coco_detections_*.png"))
 
 
@@ -269,7 +269,7 @@ def test_data4_model2_equals_single_device():
         results = {}
         for name, devices, mesh in (("one", jax.devices()[:1], {"data": 1, "model": 1}),
                                     ("tp", jax.devices(), {"data": 4, "model": 2})):
-            config = tiny_config(batch_size=8, **{"eval.batch_size": 8, "model.dropout": 0.1})
+            config = tiny_config(batch_size=8, **{"evals.coco.batch_size": 8, "model.dropout": 0.1})
             assert config.model.spatial_prior and config.model.query_groups == 3
             config.mesh.update(mesh)
             t = Trainer(config, tempfile.mkdtemp(), devices=devices)

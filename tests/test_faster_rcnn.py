@@ -28,8 +28,8 @@ def tiny_config(**overrides):
                         rpn_batch_size_per_image=32, box_batch_size_per_image=16,
                         box_detections_per_img=10)
     config.data.update(image_size=64, max_boxes=4, shapes_max_objects=3)
-    config.update(batch_size=2, total_steps=2, log_every=1, eval_every=2)
-    config.eval.update(num_examples=4, batch_size=2)
+    config.update(batch_size=2, total_steps=2, log_every=1)
+    config.evals.coco.update(every_steps=2, num_examples=4, batch_size=2)
     return override(config, overrides)
 
 
@@ -117,7 +117,7 @@ def test_data_parallel_loss_equals_single_device():
         losses = {}
         for name, devices, mesh in (("one", jax.devices()[:1], {"data": 1}),
                                     ("eight", jax.devices(), {"data": 8})):
-            config = tiny_config(batch_size=8, **{"eval.batch_size": 8})
+            config = tiny_config(batch_size=8, **{"evals.coco.batch_size": 8})
             config.mesh.update(mesh)
             t = Trainer(config, tempfile.mkdtemp(), devices=devices)
             it = make_train_iterator(t.train_source, global_batch_size=8, seed=0,
@@ -138,7 +138,7 @@ def test_data_parallel_loss_equals_single_device():
 def test_coco_folder_from_the_shapes_writer_trains_and_evaluates(tmp_path):
     for split, seed in (("train", 0), ("val", 1)):
         write_coco(SyntheticShapes(6, image_size=64, max_objects=3, seed=seed), tmp_path / split)
-    config = tiny_config(total_steps=3, eval_every=3)
+    config = tiny_config(total_steps=3, **{"evals.coco.every_steps": 3})
     config.data.update(dataset="coco", root=str(tmp_path),
                        train_annotations="train/instances.json", train_images="train/images",
                        val_annotations="val/instances.json", val_images="val/images")
@@ -148,10 +148,10 @@ def test_coco_folder_from_the_shapes_writer_trains_and_evaluates(tmp_path):
     evals = [r for r in read_metrics(tmp_path / "run") if "eval/coco/AP" in r]
     assert [r["step"] for r in evals] == [3]
     assert all(-1 <= evals[0][f"eval/coco/{k}"] <= 1 for k in ("AP", "AP50", "AR100"))
-    assert sorted(trainer.evaluators["coco"].seen_image_ids) == list(range(1, 7))
+    assert sorted(trainer.evals["coco"].evaluator.seen_image_ids) == list(range(1, 7))
     assert list((tmp_path / "run" / "images").glob("coco_detections_*.png"))
     # The same evaluator and loader score the ground truth itself as perfect.
-    evaluator = trainer.evaluators["coco"]
+    evaluator = trainer.evals["coco"].evaluator
     oracle = CocoEvaluator(
         evaluator.source, evaluator.transform,
         lambda variables, batch: {"boxes": batch["boxes"], "scores": jnp.ones_like(batch["boxes"][..., 0]),
@@ -167,7 +167,7 @@ def test_coco_folder_from_the_shapes_writer_trains_and_evaluates(tmp_path):
 
 
 def test_feature_pyramid_variant_trains_and_detects(tmp_path):
-    config = tiny_config(total_steps=2, eval_every=2)
+    config = tiny_config(total_steps=2, **{"evals.coco.every_steps": 2})
     config.model.update(fpn=True, fpn_channels=16, feature_levels=("C2", "C3"),
                         anchor_sizes=((16,), (32,), (64,)), aspect_ratios=((0.5, 1.0, 2.0),) * 3)
     trainer = Trainer(config, str(tmp_path))

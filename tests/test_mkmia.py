@@ -41,10 +41,10 @@ def tiny_config(*presets, **overrides):
                         num_layers=1, rm_num_heads=2, rm_d_model=16, align_dim=8, dropout=0.0,
                         feature_dropout=0.0, use_memory=False)
     config.data.update(image_size=32, resize=32, crop=24, vocab_studies=100, max_len=MAX_LEN)
-    config.update(batch_size=BATCH, total_steps=2, log_every=1, eval_every=2, write_images=False)
+    config.update(batch_size=BATCH, total_steps=2, log_every=1, write_images=False)
     config.checkpoint.every_steps = 2
-    config.eval.update(num_examples=BATCH, batch_size=BATCH, beam_size=1, num_pictures=1,
-                       meteor=False)
+    config.evals.report.update(every_steps=2, num_examples=BATCH, batch_size=BATCH, beam_size=1,
+                               num_pictures=1, meteor=False)
     return override(config, overrides)
 
 
@@ -271,14 +271,14 @@ def test_greedy_generation_decodes_the_fused_memory(trained):
     """The evaluator's greedy tokens equal the argmax of teacher-forced logits on their own
     prefix, which read the knowledge-fused memory (dictionary and the batch's prior reports)."""
     trainer, state, _ = trained
-    task, evaluator = trainer.task, trainer.evaluators["report"]
+    task, evaluator = trainer.task, trainer.evals["report"].evaluator
     variables = {"params": state.params, **state.model_state}
     batch = next(make_eval_iterator(evaluator.source, global_batch_size=BATCH,
                                     transform=evaluator.transform))
     batch = to_global_batch(_with_priors(batch, task.vocab), trainer.batch_sharding)
     with trainer.mesh_context():
-        tokens = trainer.predict["report"](variables, batch)["tokens"]
-    assert trainer.predict["report"]._cache_size() == 1  # the evaluation's program
+        tokens = trainer.evals["report"].predict(variables, batch)["tokens"]
+    assert trainer.evals["report"].predict._cache_size() == 1  # the evaluation's program
     inputs = task.model_inputs(jax.tree.map(np.asarray, {**batch, "tokens": tokens}))
     logits = _forward(trainer)(variables, inputs)["logits"]
     real = sequence_mask(tokens, PAD_ID, EOS_ID)

@@ -235,9 +235,10 @@ def tiny_config(**overrides):
                         semantic_layers=1, matcher="device", dropout=0.0, feature_dropout=0.0)
     config.data.update(image_size=32, resize=32, crop=28, vocab_studies=200, views=1)
     # Batch 8 (one example per data-parallel device) without dropout (faster compiles).
-    config.update(batch_size=8, total_steps=2, log_every=1, eval_every=2)
+    config.update(batch_size=8, total_steps=2, log_every=1)
     config.checkpoint.every_steps = 2
-    config.eval.update(num_examples=6, batch_size=8, beam_size=1, num_pictures=2, meteor=False)
+    config.evals.report.update(every_steps=2, num_examples=6, batch_size=8, beam_size=1,
+                               num_pictures=2, meteor=False)
     return override(config, overrides)
 
 

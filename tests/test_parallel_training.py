@@ -32,8 +32,8 @@ def parallel_config(mesh, rules="default", layers=2, pipeline=False, microbatche
                    num_decoder_layers=layers, dropout=0.0, pipeline=pipeline,
                    pipeline_microbatches=microbatches)
     c.data.update(min_len=2, max_len=6)
-    c.batch_size, c.total_steps, c.eval_every, c.write_images = 8, STEPS, 0, False
-    c.eval.num_examples, c.eval.batch_size = 16, 8
+    c.batch_size, c.total_steps, c.write_images = 8, STEPS, False
+    c.evals.decode.update(every_steps=0, num_examples=16, batch_size=8)
     c.optim.update(name="sgd", lr=LR, momentum=0.0, schedule="constant", warmup_steps=0,
                    weight_decay=0.0, grad_clip_norm=0.0)
     c.mesh = dict(mesh)

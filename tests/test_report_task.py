@@ -2,6 +2,7 @@
 
 import json
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -22,32 +23,43 @@ def tiny_config(**overrides):
     config.model.update(small_cnn_features=(8, 16, 16), d_model=32, d_ff=32, num_heads=2,
                         num_layers=1, rm_num_heads=2, rm_d_model=32)
     config.data.update(image_size=32, resize=32, crop=28, vocab_studies=200)
-    config.update(batch_size=4, total_steps=2, log_every=1, eval_every=2)
+    config.update(batch_size=4, total_steps=2, log_every=1)
     config.checkpoint.every_steps = 2
-    config.eval.update(num_examples=6, batch_size=4, beam_size=2, num_pictures=2, meteor=False)
+    config.evals.report.update(every_steps=2, num_examples=6, batch_size=4, beam_size=2,
+                               num_pictures=2, meteor=False)
     return override(config, overrides)
 
 
-def _eval_rows(workdir, step):
-    path = workdir / "eval" / "report" / f"reports_{step:08d}.json"
+def _eval_rows(workdir, step, name="report"):
+    path = workdir / "eval" / name / f"reports_{step:08d}.json"
     return json.loads(path.read_text())
 
 
 def test_synthetic_run_trains_scores_and_writes_reports(tmp_path):
-    trainer = Trainer(tiny_config(), str(tmp_path))
+    """The default evaluator "report" (test split) and an added one of the same kind, "val_greedy"
+    (val split, greedy, 4 studies), each scored and written under its own name."""
+    config = tiny_config()
+    config.evals.val_greedy = ml_collections.ConfigDict(dict(
+        type="report", split="val", num_examples=4, batch_size=4, beam_size=1, meteor=False))
+    trainer = Trainer(config, str(tmp_path))
     trainer.train()
     trainer.close()
-    scores = [r for r in read_metrics(tmp_path) if "eval/report/bleu_4" in r][-1]
+    rows = read_metrics(tmp_path)
+    scores = [r for r in rows if "eval/report/bleu_4" in r][-1]
     for key in ("bleu_1", "bleu_4", "rouge_l", "cider", "clinical_f1_micro",
                 "clinical_f1_macro", "clinical_precision_macro", "clinical_recall_micro",
                 "clinical_f1_macro_abnormal"):
         assert np.isfinite(scores[f"eval/report/{key}"]), key
+    assert [r["step"] for r in rows if "eval/val_greedy/bleu_4" in r] == [2]
+    for name, split, size in (("report", "test", 6), ("val_greedy", "val", 4)):
+        studies = cxr.SyntheticCXR(size, image_size=32, views=2, seed=0, split=split)
+        assert [r["id"] for r in _eval_rows(tmp_path, 2, name)] == [
+            studies.study(i)["id"] for i in range(size)], name
     rows = _eval_rows(tmp_path, 2)
-    studies = cxr.SyntheticCXR(6, image_size=32, views=2, seed=0, split="test")
-    assert [r["id"] for r in rows] == [studies.study(i)["id"] for i in range(6)]
     assert all(set(r) == {"id", "reference", "generated", "reference_labels",
                           "generated_labels"} for r in rows)
     assert list((tmp_path / "images").glob("report_reports_*.png"))
+    assert list((tmp_path / "images").glob("val_greedy_reports_*.png"))
     vocab = Vocabulary.load(tmp_path / "vocab.json")
     assert vocab.words == trainer.task.vocab.words and len(vocab) > 20
 
@@ -62,8 +74,8 @@ def test_workdir_with_another_vocabulary_is_refused(tmp_path):
 def test_evaluator_scores_the_references_as_perfect(tmp_path):
     """Generating the reference tokens gives BLEU 1 and clinical F1 1 (labels of the synthetic
     generator, read back by the labeler from the decoded tokens)."""
-    trainer = Trainer(tiny_config(**{"eval.num_examples": 40}), str(tmp_path))
-    evaluator = trainer.evaluators["report"]
+    trainer = Trainer(tiny_config(**{"evals.report.num_examples": 40}), str(tmp_path))
+    evaluator = trainer.evals["report"].evaluator
     trainer.close()
     evaluator.reset()
     for batch in make_eval_iterator(evaluator.source, global_batch_size=8,
@@ -93,7 +105,7 @@ def test_iu_xray_config_trains_and_evaluates_on_an_r2gen_folder(tmp_path):
     cxr.write_r2gen(root, 6, 2, 3, image_size=40, views=2, seed=1)
     config = get_config("runlocal")
     config.data.update(root=str(root), resize=40, crop=32)
-    config.eval.meteor = False
+    config.evals.report.meteor = False
     trainer = Trainer(config, str(tmp_path / "run"))
     trainer.train()
     trainer.close()
@@ -137,7 +149,8 @@ def test_data_and_tensor_parallel_loss_equals_single_device():
         losses = {}
         for name, devices, mesh in (("one", jax.devices()[:1], {"data": 1}),
                                     ("data4_model2", jax.devices(), {"data": 4, "model": 2})):
-            config = tiny_config(batch_size=8, **{"eval.batch_size": 8, "model.dropout": 0.0})
+            config = tiny_config(batch_size=8,
+                                 **{"evals.report.batch_size": 8, "model.dropout": 0.0})
             config.mesh.update(mesh)
             t = Trainer(config, tempfile.mkdtemp(), devices=devices)
             it = make_train_iterator(t.train_source, global_batch_size=8, seed=0,
@@ -170,9 +183,9 @@ def test_method_configs_share_r2gen_settings_and_presets_switch_parts(method, pr
         if method == "nadm":  # NADM's uncertainty weights are not decayed
             assert tuple(ours["optim"].pop("wd_exclude")) == (
                 *base["optim"].pop("wd_exclude"), "^report_uncertainty$")
-        for section in ("optim", "model", "data", "eval", "checkpoint", "mesh"):
+        for section in ("optim", "model", "data", "evals", "checkpoint", "mesh"):
             assert {k: ours[section][k] for k in base[section]} == base[section], section
-        for key in ("total_steps", "batch_size", "seed", "eval_every"):
+        for key in ("total_steps", "batch_size", "seed"):
             assert ours[key] == base[key], key
         config = derived.get_config(presets)
         assert {k: config.model[k] for k in fields} == fields

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from mlx_research.errors import ConfigError
@@ -87,14 +88,50 @@ def test_unusable_workdir_fails_with_one_line(tmp_path, workdir, message):
     ("optim.lr", -0.1, "'optim.lr' must be >= 0, got -0.1"),
     ("optim.lr", float("nan"), "'optim.lr' must be >= 0, got nan"),
     ("optim.warmup_steps", -1, "'optim.warmup_steps' must be >= 0, got -1"),
-    ("eval_every", -5, "'eval_every' must be >= 0, got -5"),
-    ("eval.num_examples", 0, "'eval.num_examples' must be >= 1, got 0"),
+    ("evals.decode.every_steps", -5, "'evals.decode.every_steps' must be >= 0, got -5"),
+    ("evals.decode.num_examples", 0, "'evals.decode.num_examples' must be >= 1, got 0"),
+    ("evals.decode.beam_size", 0, "'evals.decode.beam_size' must be >= 1, got 0"),
     ("model.dropout", 1.0, "'model.dropout' must be in [0, 0.99], got 1.0"),
 ])
 def test_config_ranges(key, value, message):
     with pytest.raises(ConfigError) as e:
         config_lib.validate(tiny_config(**{key: value}))
     assert str(e.value) == f"config: {message}"
+
+
+@pytest.mark.parametrize("entry, message", [
+    (dict(type="decode", beam=2), "unknown key 'evals.extra.beam'"),
+    (dict(type="decode", beam_size=1.5), "'evals.extra.beam_size' must be int, got 1.5"),
+    (dict(type="decode", length_penalty=-1.0),
+     "'evals.extra.length_penalty' must be >= 0, got -1.0"),
+    (dict(type="decode", every_steps=-1), "'evals.extra.every_steps' must be >= 0, got -1"),
+    (dict(type="report"), "'evals.extra.type' must be one of decode (the evaluator kinds of task "
+                          "'seq2seq'); got 'report'"),
+    (dict(beam_size=2), "'evals.extra.type' must be one of decode (the evaluator kinds of task "
+                        "'seq2seq'); got None"),
+])
+def test_added_evaluator_errors_name_the_key(entry, message):
+    config = tiny_config()
+    config.evals.extra = ml_collections.ConfigDict(entry)
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.validate(config)
+    assert str(e.value) == f"config: {message}"
+
+
+def test_evaluator_fields_left_out_take_the_kind_defaults():
+    config = tiny_config()
+    config.evals.extra = ml_collections.ConfigDict(dict(type="decode", beam_size=2,
+                                                        length_penalty=2))
+    config_lib.validate(config)  # fills the entry in
+    # every_steps from the trainer, batch_size as the kind changes it, the rest the kind's
+    assert config.evals.extra.to_dict() == dict(type="decode", every_steps=500, batch_size=256,
+                                                num_examples=512, beam_size=2, length_penalty=2.0)
+    assert isinstance(config.evals.extra.length_penalty, float)  # the field's type
+    config.evals.extra.batch_size = 6
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.check_batch_divisible(config, 4, "the 4 data devices")
+    assert str(e.value) == (
+        "config: evals.extra.batch_size = 6 is not divisible by the 4 data devices")
 
 
 def test_config_range_error_through_the_entry_point_before_any_work(tmp_path):
@@ -190,7 +227,7 @@ def test_resume_with_changed_model_or_batch_size_is_refused(tmp_path):
 
 
 def test_exception_during_evaluation_keeps_the_checkpoint_being_written(tmp_path):
-    config = tiny_config(total_steps=2, eval_every=2)
+    config = tiny_config(total_steps=2, **{"evals.decode.every_steps": 2})
     config = _failing_eval(config)
     config.checkpoint.every_steps = 2
     trainer = Trainer(config, str(tmp_path))

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from mlx_research.data.pipeline import make_train_iterator, to_global_batch
+from mlx_research.data.pipeline import make_eval_iterator, make_train_iterator, to_global_batch
 from mlx_research.errors import ConfigError
 from mlx_research.prng import step_key
 from mlx_research.testing import REPO_ROOT, run_with_devices
@@ -28,6 +29,7 @@ from mlx_research.train.trainer import NonFiniteLossError, Trainer
 from mlx_research.tree import flatten
 
 EXPERIMENT = "experiments/seq2seq/reverse.py"
+PROBE_CONFIG = "tests/probe_task.py"  # EXPERIMENT on tests.probe_task (a second evaluator)
 # Tiny model and data: a step costs milliseconds, a compile a second or two.
 TINY = [
     "--config.model.d_model=16",
@@ -38,9 +40,9 @@ TINY = [
     "--config.data.max_len=6",
     "--config.data.min_len=2",
     "--config.batch_size=8",
-    "--config.eval.num_examples=16",
-    "--config.eval.batch_size=8",
-    "--config.eval_every=0",
+    "--config.evals.decode.num_examples=16",
+    "--config.evals.decode.batch_size=8",
+    "--config.evals.decode.every_steps=0",
     "--config.write_images=False",
     "--config.optim.warmup_steps=0",
 ]
@@ -73,9 +75,9 @@ def _set(config, dotted, value):
     config[last] = value
 
 
-def main_cmd(workdir, *flags, total_steps=12, every=4):
+def main_cmd(workdir, *flags, total_steps=12, every=4, config=EXPERIMENT):
     return [
-        sys.executable, "-m", "mlx_research.main", f"--config={EXPERIMENT}",
+        sys.executable, "-m", "mlx_research.main", f"--config={config}",
         f"--workdir={workdir}", *TINY, f"--config.total_steps={total_steps}",
         f"--config.checkpoint.every_steps={every}", "--config.log_every=1", *flags,
     ]
@@ -108,19 +110,18 @@ def assert_trees_equal(a, b, rtol=0.0):
 
 
 def test_trainer_learns_evaluates_checkpoints_and_compiles_once(tmp_path):
-    config = tiny_config(total_steps=300, batch_size=32, log_every=100, eval_every=150,
-                         write_images=True)
+    config = tiny_config(total_steps=300, batch_size=32, log_every=100, write_images=True)
     config.model.update(d_model=32, dim_feedforward=64, dropout=0.0)
     config.data.update(task="copy", vocab_size=8, min_len=2, max_len=4)
     config.optim.update(lr=3e-3, warmup_steps=10)
-    config.eval.update(num_examples=64, batch_size=32)
+    config.evals.decode.update(every_steps=150, num_examples=64, batch_size=32)
     config.checkpoint.every_steps = 150
     trainer = Trainer(config, str(tmp_path))
     state = trainer.train()
     trainer.close()
     assert int(state.step) == 300
     assert trainer.train_step._cache_size() == 1  # compiled once, no retrace after step 1
-    assert trainer.predict["decode"]._cache_size() == 1  # predict compiled once for both evals
+    assert trainer.evals["decode"].predict._cache_size() == 1  # compiled once for both evals
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [150, 300]
     rows = read_metrics(tmp_path)
     train_rows = [r for r in rows if "train/loss" in r]
@@ -138,6 +139,42 @@ def test_trainer_learns_evaluates_checkpoints_and_compiles_once(tmp_path):
     again = Trainer(config, str(tmp_path))
     assert int(again.initial_state()[0].step) == 300
     again.close()
+
+
+def test_evaluators_run_at_their_own_steps_with_their_own_settings(tmp_path):
+    """The default "decode" entry (greedy, 16 examples, every 2 steps) and an added entry of the
+    same kind, "beam" (beam search 2, 8 examples, every 3 steps): each built from its own
+    settings, run at its own steps and at the end, scored under its own name."""
+    from mlx_research.data import seq2seq as data
+    from mlx_research.models.seq2seq import generate
+
+    config = tiny_config(total_steps=7, **{"evals.decode.every_steps": 2})
+    config.evals.beam = ml_collections.ConfigDict(
+        dict(type="decode", every_steps=3, beam_size=2, num_examples=8, batch_size=8))
+    trainer = Trainer(config, str(tmp_path))
+    trainer.train()
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows if "eval/decode/token_accuracy" in r] == [2, 4, 6, 7]
+    assert [r["step"] for r in rows if "eval/beam/token_accuracy" in r] == [3, 6, 7]
+    assert all(loop.predict._cache_size() == 1 for loop in trainer.evals.values())
+    assert [len(trainer.evals[name].evaluator.source) for name in ("decode", "beam")] == [16, 8]
+    # "beam" predicts from beam search 2 (which differs from greedy decoding on this batch).
+    loop = trainer.evals["beam"]
+    batch = next(make_eval_iterator(loop.evaluator.source, global_batch_size=8))
+    variables = {"params": trainer.fresh_state(0).params}
+    with trainer.mesh_context():
+        predicted = loop.predict(variables, to_global_batch(batch, trainer.batch_sharding))
+        correct = {}
+        for beam_size in (1, 2):
+            tokens = generate(trainer.task.model, variables, jnp.asarray(batch["inputs"]),
+                              max_len=batch["inputs"].shape[1] + 1, bos_id=data.BOS_ID,
+                              eos_id=data.EOS_ID, pad_id=data.PAD_ID, beam_size=beam_size,
+                              length_penalty=1.0)
+            real = batch["targets"] != data.PAD_ID
+            correct[beam_size] = (np.asarray(tokens) == batch["targets"]) & real
+    trainer.close()
+    assert np.any(correct[1] != correct[2])
+    np.testing.assert_array_equal(np.asarray(predicted["correct"]), correct[2])
 
 
 def _variable_length_batch(trainer, size=8):
@@ -228,7 +265,7 @@ def _index_scores(scores, n):
 
 def test_evaluator_sees_every_example_once(tmp_path):
     config = _as_task(tiny_config(), "tests.probe_task")
-    config.eval.update(batch_size=4, num_examples=13)  # 4 batches, the last with 3 rows of padding
+    config.evals.indices.update(batch_size=4, num_examples=13)  # 4 batches, the last 3 rows padded
     trainer = Trainer(config, str(tmp_path))
     scores = trainer.evaluate(trainer.fresh_state(), ["indices"])
     trainer.close()
@@ -238,7 +275,7 @@ def test_evaluator_sees_every_example_once(tmp_path):
         from mlx_research.train.trainer import Trainer
         import tempfile
         config = _as_task(tiny_config(), "tests.probe_task")
-        config.eval.update(batch_size=8, num_examples=21)  # 3 batches over 8 devices
+        config.evals.indices.update(batch_size=8, num_examples=21)  # 3 batches over 8 devices
         trainer = Trainer(config, tempfile.mkdtemp())
         scores = trainer.evaluate(trainer.fresh_state(), ["indices"])
         assert _index_scores(scores, 21), scores
@@ -294,7 +331,8 @@ def test_eval_mode_restores_a_chosen_step(tmp_path):
     out = subprocess.run(main_cmd(workdir, "--mode=eval", "--eval=nosuch", total_steps=4, every=2),
                          env=_env(), capture_output=True, text=True, cwd=REPO_ROOT)
     assert out.returncode == 1
-    assert out.stderr.strip() == "error: --eval=nosuch: the task's evaluators are decode"
+    assert out.stderr.strip() == (
+        "error: --eval=nosuch: the config's evaluators (config.evals) are decode")
 
 
 def test_sigkill_and_resume_with_random_transform_is_bitwise_identical(tmp_path):
@@ -397,12 +435,13 @@ def _slurm_job_id():
 def test_slurm_launch_two_processes_train_evaluate_and_match_one_process(tmp_path):
     # SGD, not Adam: Adam rescales gradients that are pure rounding noise (e.g. the key bias,
     # which softmax ignores) to full-size steps, so its parameters cannot agree to a tolerance.
-    flags = ("--config.optim.name=sgd", "--config.optim.lr=0.5", "--config.task=tests.probe_task",
-             "--config.eval.num_examples=13", "--config.eval.batch_size=4",
-             "--config.write_images=True", "--config.eval_every=2")
+    flags = ("--config.optim.name=sgd", "--config.optim.lr=0.5",
+             "--config.evals.indices.num_examples=13", "--config.evals.indices.batch_size=4",
+             "--config.write_images=True", "--config.evals.decode.every_steps=2",
+             "--config.evals.indices.every_steps=2")
     single = tmp_path / "single"
-    subprocess.run(main_cmd(single, *flags, total_steps=4, every=4), env=_env(), check=True,
-                   capture_output=True, cwd=REPO_ROOT)
+    subprocess.run(main_cmd(single, *flags, total_steps=4, every=4, config=PROBE_CONFIG),
+                   env=_env(), check=True, capture_output=True, cwd=REPO_ROOT)
 
     bin_dir, logs, multi = tmp_path / "bin", tmp_path / "logs", tmp_path / "multi"
     bin_dir.mkdir(), logs.mkdir()
@@ -410,7 +449,7 @@ def test_slurm_launch_two_processes_train_evaluate_and_match_one_process(tmp_pat
     srun.write_text(STAND_IN_SRUN.format(job_id=_slurm_job_id(), logs=logs))
     srun.chmod(0o755)
     env = dict(_env(), PATH=f"{bin_dir}:{os.environ['PATH']}", MLX_PYTHON=sys.executable)
-    cmd = ["./launch.sh", EXPERIMENT, f"--workdir={multi}", "--slurm", *TINY, *flags,
+    cmd = ["./launch.sh", PROBE_CONFIG, f"--workdir={multi}", "--slurm", *TINY, *flags,
            "--config.total_steps=4", "--config.checkpoint.every_steps=4", "--config.log_every=1"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=400)
     task_logs = [(logs / f"task{i}.log").read_text() for i in range(2)]
@@ -481,6 +520,10 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
         ("--config.optim.schedule=poly", "'optim.schedule' must be one of cosine, step, constant"),
         ("--config.optim.frozen=('^nosuch/',)", "optim.frozen"),
         ("--config.init_from.path=/no/such.npz", "'init_from.path': /no/such.npz does not exist"),
+        ("--config.evals.decode.type=nosuch",
+         "'evals.decode.type' must be one of decode (the evaluator kinds of task 'seq2seq'); "
+         "got 'nosuch'"),
+        ("--config.evals.decode.beam_size=0", "'evals.decode.beam_size' must be >= 1, got 0"),
     ],
 )
 def test_bad_config_fails_with_one_line(tmp_path, flag, message):

@@ -237,8 +237,8 @@ def tiny_config(**overrides):
     config.model.update(small_cnn_features=(8, 16, 16, 32), grid_size=4, head_channels=16,
                         detections_per_img=10)
     config.data.update(image_size=64, max_boxes=4, shapes_max_objects=3)
-    config.update(batch_size=2, total_steps=2, log_every=1, eval_every=2, write_images=False)
-    config.eval.update(num_examples=4, batch_size=2)
+    config.update(batch_size=2, total_steps=2, log_every=1, write_images=False)
+    config.evals.coco.update(every_steps=2, num_examples=4, batch_size=2)
     return override(config, overrides)
 
 
@@ -261,7 +261,7 @@ def test_trains_and_evaluates_through_the_trainer(tmp_path):
     evals = [r for r in records if "eval/coco/AP" in r]
     assert [r["step"] for r in evals] == [2]
     assert -1 <= evals[0]["eval/coco/AP50"] <= 1
-    assert sorted(trainer.evaluators["coco"].seen_image_ids) == [1, 2, 3, 4]
+    assert sorted(trainer.evals["coco"].evaluator.seen_image_ids) == [1, 2, 3, 4]
 
 
 def test_data_parallel_loss_equals_single_device():
@@ -273,7 +273,7 @@ def test_data_parallel_loss_equals_single_device():
         losses = {}
         for name, devices, mesh in (("one", jax.devices()[:1], {"data": 1}),
                                     ("eight", jax.devices(), {"data": 8})):
-            config = tiny_config(batch_size=8, **{"eval.batch_size": 8})
+            config = tiny_config(batch_size=8, **{"evals.coco.batch_size": 8})
             config.mesh.update(mesh)
             t = Trainer(config, tempfile.mkdtemp(), devices=devices)
             it = make_train_iterator(t.train_source, global_batch_size=8, seed=0,

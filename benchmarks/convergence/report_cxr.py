@@ -30,8 +30,8 @@ def main() -> None:
         "command": f"./launch.sh bench report_cxr {model}" + (f" {preset}" if preset else ""),
         "steps": config.total_steps,
         "batch_size": config.batch_size,
-        "test_studies": config.eval.num_examples,
-        "beam_size": config.eval.beam_size,
+        "test_studies": config.evals.report.num_examples,
+        "beam_size": config.evals.report.beam_size,
         **{k.split("/")[-1]: round(v, 4) for k, v in evals[-1].items()
            if k.startswith("eval/report/")},
         "curve": [{"step": r["step"], **{k: round(r[f"eval/report/{k}"], 4) for k in _CURVE}}

@@ -25,7 +25,7 @@ def main() -> None:
     config = get_config(preset)
     with tempfile.TemporaryDirectory() as workdir:
         wall, evals, machine = train(config, "eval/decode/token_accuracy", workdir)
-        config.eval.beam_size = 4
+        config.evals.decode.beam_size = 4
         beam_trainer = Trainer(config, workdir)
         start = time.perf_counter()
         beam = beam_trainer.evaluate_checkpoint()

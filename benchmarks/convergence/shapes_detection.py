@@ -27,7 +27,7 @@ def main(experiment: str, argv: list[str] | None = None) -> None:
         "command": f"./launch.sh bench {experiment}" + (f" {preset}" if preset else ""),
         "steps": config.total_steps,
         "batch_size": config.batch_size,
-        "eval_images": config.eval.num_examples,
+        "eval_images": config.evals.coco.num_examples,
         **{k.split("/")[-1]: round(v, 4) for k, v in evals[-1].items()
            if k.startswith("eval/coco/")},
         "curve": [{"step": r["step"], "AP": round(r["eval/coco/AP"], 4),

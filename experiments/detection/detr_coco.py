@@ -23,7 +23,6 @@ def get_config(arg: str | None = None):
     # DETR: 300 epochs of 118k images at batch 64 (~1850 steps each), lr drop after 200.
     config.total_steps = 555_000
     config.batch_size = 64
-    config.eval_every = 20_000
     config.write_images = True
     config.optim.update(name="adamw", lr=1e-4, weight_decay=1e-4, grad_clip_norm=0.1,
                         schedule="step", decay_boundaries=(370_000,), decay_factor=0.1,
@@ -37,5 +36,5 @@ def get_config(arg: str | None = None):
     config.init_from.prefix = "backbone"
     config.data.update(dataset="coco", image_size=800, max_boxes=100, scale_min=0.6,
                        scale_max=1.0)
-    config.eval.update(num_examples=5000, batch_size=16)
+    config.evals.coco.update(every_steps=20_000, num_examples=5000, batch_size=16)
     return config

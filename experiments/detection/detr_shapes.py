@@ -32,7 +32,6 @@ def get_config(arg: str | None = None):
     config.total_steps = 2500
     config.batch_size = 16
     config.log_every = 100
-    config.eval_every = 1000
     config.write_images = True
     config.checkpoint.every_steps = 500
     config.optim.update(name="adamw", lr=4e-4, weight_decay=1e-4, warmup_steps=300,
@@ -44,17 +43,17 @@ def get_config(arg: str | None = None):
         pos_temperature=16.0, spatial_prior=True, spatial_prior_beta=0.25, query_groups=3,
     )
     config.data.update(image_size=96, shapes_image_size=128, max_boxes=8, shapes_max_objects=6)
-    config.eval.update(num_examples=256, batch_size=32)
+    config.evals.coco.update(every_steps=1000, num_examples=256, batch_size=32)
 
     for item in filter(None, (arg or "").split(",")):
         if item == "quick":
-            config.total_steps, config.eval_every = 1000, 500
+            config.total_steps, config.evals.coco.every_steps = 1000, 500
         elif item == "plain":
             config.model.update(spatial_prior=False, query_groups=1)
         elif item == "runlocal":
-            config.total_steps, config.log_every, config.eval_every = 6, 2, 6
+            config.total_steps, config.log_every = 6, 2
             config.checkpoint.every_steps = 6
-            config.eval.update(num_examples=16, batch_size=8)
+            config.evals.coco.update(every_steps=6, num_examples=16, batch_size=8)
         else:
             raise ValueError(f"detr_shapes.py: unknown preset {item!r} "
                              "(known: quick, plain, runlocal)")

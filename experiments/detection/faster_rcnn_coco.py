@@ -16,7 +16,6 @@ def get_config(arg: str | None = None):
     config = default_config("faster_rcnn")
     config.total_steps = 90_000  # torchvision's 26 epochs at batch 16 are ~190k steps; 1x ~ 90k
     config.batch_size = 16
-    config.eval_every = 10_000
     config.write_images = True
     config.optim.update(name="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4, warmup_steps=1000,
                         schedule="step", decay_boundaries=(60_000, 80_000), decay_factor=0.1)
@@ -28,5 +27,5 @@ def get_config(arg: str | None = None):
     )
     config.init_from.prefix = "body"
     config.data.update(dataset="coco", image_size=800, max_boxes=100, scale_min=1.0, scale_max=1.0)
-    config.eval.update(num_examples=5000, batch_size=16)
+    config.evals.coco.update(every_steps=10_000, num_examples=5000, batch_size=16)
     return config

@@ -16,7 +16,6 @@ def get_config(arg: str | None = None):
     config.total_steps = 4000
     config.batch_size = 8
     config.log_every = 50
-    config.eval_every = 1000
     config.write_images = True
     config.checkpoint.every_steps = 500
     config.optim.update(name="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4, warmup_steps=100,
@@ -29,16 +28,16 @@ def get_config(arg: str | None = None):
         box_batch_size_per_image=64, representation_size=256,
     )
     config.data.update(image_size=128, max_boxes=8, shapes_max_objects=6)
-    config.eval.update(num_examples=256, batch_size=32)
+    config.evals.coco.update(every_steps=1000, num_examples=256, batch_size=32)
 
     for item in filter(None, (arg or "").split(",")):
         if item == "quick":
-            config.total_steps, config.eval_every = 1200, 600
+            config.total_steps, config.evals.coco.every_steps = 1200, 600
             config.checkpoint.every_steps = 600
         elif item == "runlocal":
-            config.total_steps, config.log_every, config.eval_every = 6, 2, 6
+            config.total_steps, config.log_every = 6, 2
             config.checkpoint.every_steps = 6
-            config.eval.update(num_examples=16, batch_size=8)
+            config.evals.coco.update(every_steps=6, num_examples=16, batch_size=8)
         else:
             raise ValueError(f"faster_rcnn_shapes.py: unknown preset {item!r} (known: quick, runlocal)")
     return config

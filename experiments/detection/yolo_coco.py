@@ -21,7 +21,6 @@ def get_config(arg: str | None = None):
     # steps per epoch.
     config.total_steps = 250_000
     config.batch_size = 64
-    config.eval_every = 10_000
     config.write_images = True
     config.optim.update(name="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, warmup_steps=2000,
                         schedule="step", decay_boundaries=(140_000, 195_000), decay_factor=0.1,
@@ -36,5 +35,5 @@ def get_config(arg: str | None = None):
     config.init_from.prefix = "body"
     config.data.update(dataset="coco", image_size=448, max_boxes=100, scale_min=0.8,
                        scale_max=1.2)
-    config.eval.update(num_examples=5000, batch_size=64)
+    config.evals.coco.update(every_steps=10_000, num_examples=5000, batch_size=64)
     return config

@@ -18,7 +18,6 @@ def get_config(arg: str | None = None):
     config.total_steps = 2000
     config.batch_size = 16
     config.log_every = 50
-    config.eval_every = 500
     config.write_images = True
     config.checkpoint.every_steps = 500
     config.optim.update(name="adamw", lr=2e-3, weight_decay=1e-4, warmup_steps=100,
@@ -29,16 +28,16 @@ def get_config(arg: str | None = None):
         output_activation="sigmoid", conf_target="iou",
     )
     config.data.update(image_size=128, max_boxes=8, shapes_max_objects=6)
-    config.eval.update(num_examples=256, batch_size=32)
+    config.evals.coco.update(every_steps=500, num_examples=256, batch_size=32)
 
     for item in filter(None, (arg or "").split(",")):
         if item == "quick":
-            config.total_steps, config.eval_every = 500, 500
+            config.total_steps, config.evals.coco.every_steps = 500, 500
             config.checkpoint.every_steps = 500
         elif item == "runlocal":
-            config.total_steps, config.log_every, config.eval_every = 6, 2, 6
+            config.total_steps, config.log_every = 6, 2
             config.checkpoint.every_steps = 6
-            config.eval.update(num_examples=16, batch_size=8)
+            config.evals.coco.update(every_steps=6, num_examples=16, batch_size=8)
         else:
             raise ValueError(f"yolo_shapes.py: unknown preset {item!r} (known: quick, runlocal)")
     return config

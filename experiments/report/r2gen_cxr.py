@@ -15,7 +15,6 @@ def get_config(arg: str | None = None):
     config.total_steps = 2000
     config.batch_size = 16
     config.log_every = 50
-    config.eval_every = 1000
     config.write_images = True
     config.checkpoint.every_steps = 500
     config.optim.update(name="adamw", lr=5e-4, weight_decay=1e-4, warmup_steps=200,
@@ -25,15 +24,15 @@ def get_config(arg: str | None = None):
                         rm_num_heads=4, rm_d_model=128,
                         feature_dropout=0.1)  # R2Gen's 0.5 suits pretrained features, not scratch
     config.data.update(dataset="synthetic", image_size=96, resize=96, crop=88, hflip=False)
-    config.eval.update(num_examples=500, batch_size=50, beam_size=3)
+    config.evals.report.update(every_steps=1000, num_examples=500, batch_size=50, beam_size=3)
 
     for item in filter(None, (arg or "").split(",")):
         if item == "base":
             config.model.use_memory = False
         elif item == "runlocal":
-            config.total_steps, config.log_every, config.eval_every = 4, 2, 4
+            config.total_steps, config.log_every = 4, 2
             config.checkpoint.every_steps = 4
-            config.eval.update(num_examples=8, batch_size=8, beam_size=2)
+            config.evals.report.update(every_steps=4, num_examples=8, batch_size=8, beam_size=2)
         else:
             raise ValueError(f"r2gen_cxr.py: unknown preset {item!r} (known: base, runlocal)")
     return config

@@ -28,7 +28,6 @@ def r2gen_config(dataset: str, arg: str | None = None):
     config.seed = seed
     config.batch_size = 16
     config.log_every = 100
-    config.eval_every = 2000
     config.write_images = True
     config.checkpoint.every_steps = 1000
     # R2Gen: Adam (amsgrad), visual extractor lr 5e-5, the rest 1e-4, weight decay 5e-5,
@@ -40,20 +39,20 @@ def r2gen_config(dataset: str, arg: str | None = None):
                         num_heads=8, num_layers=3, dropout=0.1, rm_num_slots=3, rm_num_heads=8,
                         rm_d_model=512)
     config.data.update(dataset=dataset, root="", resize=256, crop=224, hflip=True)
-    config.eval.update(split="test", batch_size=16, beam_size=3)
+    config.evals.report.update(every_steps=2000, split="test", batch_size=16, beam_size=3)
 
     for item in filter(None, (arg or "").split(",")):
         if item == "base":
             config.model.use_memory = False
         elif item == "runlocal":
-            config.total_steps, config.log_every, config.eval_every = 4, 2, 4
+            config.total_steps, config.log_every = 4, 2
             config.checkpoint.every_steps = 4
             config.batch_size = 2
             config.model.update(backbone="small_cnn", norm="batch", d_model=32, d_ff=32,
                                 num_heads=2, num_layers=1, rm_num_heads=2, rm_d_model=32)
             config.optim.lr_multipliers = ()
             config.data.update(resize=64, crop=56)
-            config.eval.update(batch_size=2, beam_size=2)
+            config.evals.report.update(every_steps=4, batch_size=2, beam_size=2)
         else:
             raise ValueError(f"r2gen_{dataset}.py: unknown preset {item!r} (known: base, runlocal)")
     return config

@@ -3,8 +3,9 @@
 Run:     ./launch.sh experiments/seq2seq/reverse.py
 Quick:   ./launch.sh experiments/seq2seq/reverse.py:runlocal        (a few steps, smoke test)
 Result:  token accuracy 1.0000, sequence accuracy 1.0000 (512 held-out sequences) with greedy
-         decoding and with beam search (--config.eval.beam_size=4) after 1500 steps, 46 s on a
-         2-core CPU (./launch.sh bench seq2seq_reverse, benchmarks/results/seq2seq_reverse.json).
+         decoding and with beam search (--config.evals.decode.beam_size=4) after 1500 steps,
+         46 s on a 2-core CPU (./launch.sh bench seq2seq_reverse,
+         benchmarks/results/seq2seq_reverse.json).
 """
 
 from mlx_research.train.config import default_config
@@ -16,7 +17,6 @@ def get_config(arg: str | None = None):
     config.total_steps = 1500
     config.batch_size = 64
     config.log_every = 100
-    config.eval_every = 500
     config.write_images = True
     config.checkpoint.every_steps = 500
     config.optim.lr = 1e-3
@@ -33,12 +33,13 @@ def get_config(arg: str | None = None):
         dropout=0.0,
     )
     config.data.update(task="reverse", vocab_size=16, min_len=4, max_len=12)
+    config.evals.decode.every_steps = 500
 
     for item in filter(None, (arg or "").split(",")):
         if item == "runlocal":
-            config.total_steps, config.log_every, config.eval_every = 20, 5, 10
+            config.total_steps, config.log_every = 20, 5
             config.checkpoint.every_steps = 10
-            config.eval.num_examples, config.eval.batch_size = 64, 32
+            config.evals.decode.update(every_steps=10, num_examples=64, batch_size=32)
         elif "=" in item:
             key, value = item.split("=", 1)
             if key not in config.data:

@@ -1,8 +1,8 @@
 """Evaluators: per-example predictions on the devices, scores on the host.
 
 An evaluator owns its data (`source` + deterministic `transform`), a pure per-example
-`predict(variables, batch)` that the trainer jits once per run, and host-side scoring. For every
-evaluation the trainer runs
+`predict(variables, batch)` that its evaluation loop (`mlx_research.evaluation.loop`) jits once
+per run, and host-side scoring. For every evaluation the loop runs
 
     evaluator.reset()
     for batch in eval pipeline(source, transform):      # each example has "index" and "valid"

@@ -1,8 +1,16 @@
-"""Experiment config schema: the trainer's fields, the task's fields, and validation.
+"""Experiment config schema: the trainer's fields, the task's fields, the evaluators, validation.
 
 An experiment file builds its config from `default_config(task)` and changes what it needs; the
 trainer calls `validate(config)` before anything compiles, so a misspelt key or a wrong type fails
 with one line that names the key.
+
+Evaluators are declared by name under `config.evals`, big_vision style: each entry names the
+evaluator kind in `type` (one of the task's `evaluator_kinds()`), its cadence `every_steps`, its
+global `batch_size` and the kind's own settings; fields an entry leaves out take the kind's
+defaults (`validate` fills them in). Scores are logged as `eval/<name>/<metric>`. Another
+evaluator of an existing kind is one more entry, e.g. in an experiment file:
+
+    config.evals.val_greedy = dict(type="report", split="val", beam_size=1, every_steps=500)
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from mlx_research.config_checks import check_choices, check_ranges
 from mlx_research.errors import ConfigError
 from mlx_research.nn.regularization import DEFAULT_EXCLUDE
 from mlx_research.prng import RNG_IMPLS
-from mlx_research.train.tasks import get_task
+from mlx_research.train.tasks import Task, get_task
 
 
 def trainer_defaults() -> ml_collections.ConfigDict:
@@ -33,7 +41,6 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     c.grad_accum_steps = 1  # split each batch into this many sequential micro-batches
     c.compute_dtype = "float32"  # "float32" | "bfloat16" (activations; parameters stay float32)
     c.log_every = 50  # console + metrics.jsonl every N steps
-    c.eval_every = 500  # evaluation every N steps and at the end (0 = only at the end)
     c.write_images = False  # pictures of predictions (PNG + TensorBoard) at each evaluation
     c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1, "stage": 1})  # -1 = the rest
     c.sharding_rules = "default"  # "default" | "fsdp": logical-axis rules (mlx_research.parallel)
@@ -68,20 +75,42 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     c.init_from.exclude = ()  # regexes of loaded keys to skip (e.g. "^params/fc/")
     c.data = ml_collections.ConfigDict()  # the task adds its fields (tasks/<name>.py)
     c.data.num_workers = 0  # threads reading and transforming examples (0 = one prefetch thread)
-    c.eval = ml_collections.ConfigDict()  # the task adds its fields
-    c.eval.batch_size = 64  # global evaluation batch, every evaluator
+    c.evals = ml_collections.ConfigDict()  # evaluators by name (the task lists its defaults)
     return c
 
 
+# Fields of every `config.evals` entry; a kind adds its own settings (and may change defaults).
+EVALUATOR_FIELDS = dict(
+    type="",  # the evaluator kind: one of the task's `evaluator_kinds()`
+    every_steps=500,  # evaluate every N steps and always at the end (0 = only at the end)
+    batch_size=64,  # global evaluation batch
+)
+_EVALUATOR_RANGES = {"every_steps": (0, None), "batch_size": (1, None)}
+
+
+def _with_kind_defaults(task: type[Task], entry: ml_collections.ConfigDict
+                        ) -> ml_collections.ConfigDict:
+    """A copy of the `config.evals` entry `entry` with the fields it leaves out at its kind's
+    defaults (its `type` must be one of `task.evaluator_kinds()`)."""
+    settings = ml_collections.ConfigDict(
+        dict(EVALUATOR_FIELDS, **task.evaluator_kinds()[entry.type].defaults, type=entry.type))
+    settings.update(entry)
+    return settings
+
+
 def default_config(task: str) -> ml_collections.ConfigDict:
-    """Trainer fields plus the task's `default_config()` (its `data` and `eval` fields are merged
-    into the trainer's, a task value winning)."""
+    """Trainer fields plus the task's `default_config()` (its `data` fields are merged into the
+    trainer's, a task value winning; its `evals` entries come with every field filled in)."""
     c = trainer_defaults()
     c.task = task
-    task_defaults = get_task(task).default_config()
+    task_class = get_task(task)
+    task_defaults = task_class.default_config()
     for key in task_defaults:
-        if key in ("data", "eval"):
-            c[key].update(task_defaults[key])
+        if key == "data":
+            c.data.update(task_defaults.data)
+        elif key == "evals":
+            for name, entry in task_defaults.evals.items():
+                c.evals[name] = _with_kind_defaults(task_class, entry)
         else:
             c[key] = task_defaults[key]
     return c
@@ -118,7 +147,6 @@ _RANGES = {
     "batch_size": (1, None),
     "grad_accum_steps": (1, None),
     "log_every": (1, None),
-    "eval_every": (0, None),
     "checkpoint.every_steps": (1, None),
     "checkpoint.keep": (1, None),
     "optim.lr": (0, None),
@@ -132,7 +160,6 @@ _RANGES = {
     "optim.weight_decay": (0, None),
     "optim.grad_clip_norm": (0, None),
     "data.num_workers": (0, None),
-    "eval.batch_size": (1, None),
 }
 
 
@@ -164,16 +191,22 @@ def _check(config: Any, reference: Any, prefix: str) -> None:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError (one line) on unknown keys, wrong types and inconsistent values."""
+    """Raises ConfigError (one line) on unknown keys, wrong types and inconsistent values; fills
+    in the fields that `config.evals` entries leave out (their kinds' defaults)."""
     if not config.get("task"):
         raise ConfigError("config: 'task' is not set")
     try:
         reference = default_config(config.task)
     except ValueError as e:
         raise ConfigError(f"config: 'task': {e}") from None
+    task = get_task(config.task)
+    reference.evals = _evaluator_references(config, task)  # the entries' own names and kinds
     _check(config, reference, "")
+    for name, entry in config.evals.items():
+        config.evals[name] = _with_kind_defaults(task, entry)
     check_ranges(config, _RANGES)
     check_choices(config, _CHOICES)
+    _check_evaluators(config, task)
     if config.init_from.path and not os.path.exists(config.init_from.path):
         raise ConfigError(f"config: 'init_from.path': {config.init_from.path} does not exist")
     if config.batch_size % config.grad_accum_steps:
@@ -181,12 +214,47 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config: batch_size={config.batch_size} is not divisible by "
             f"grad_accum_steps={config.grad_accum_steps}"
         )
-    get_task(config.task).validate_config(config)
+    task.validate_config(config)
+
+
+def _evaluator_references(config: ml_collections.ConfigDict, task: type[Task]
+                          ) -> ml_collections.ConfigDict:
+    """{name: the default entry of its kind, every field filled in} for the entries of
+    `config.evals`; ConfigError when `evals` or an entry is not a ConfigDict, or an entry's `type`
+    is none of the task's evaluator kinds."""
+    evals = config.get("evals")
+    if not isinstance(evals, ml_collections.ConfigDict):
+        raise ConfigError(f"config: 'evals' must be a ConfigDict, got {type(evals).__name__}")
+    kinds = task.evaluator_kinds()
+    references = ml_collections.ConfigDict()
+    for name, entry in evals.items():
+        if not isinstance(entry, ml_collections.ConfigDict):
+            raise ConfigError(
+                f"config: 'evals.{name}' must be a ConfigDict, got {type(entry).__name__}")
+        if entry.get("type") not in kinds:
+            raise ConfigError(f"config: 'evals.{name}.type' must be one of {', '.join(kinds)} "
+                              f"(the evaluator kinds of task {config.task!r}); "
+                              f"got {entry.get('type')!r}")
+        references[name] = _with_kind_defaults(task, ml_collections.ConfigDict(
+            {"type": entry.type}))
+    return references
+
+
+def _check_evaluators(config: ml_collections.ConfigDict, task: type[Task]) -> None:
+    """Ranges and choices of every (filled in) `config.evals` entry: its kind's and the common
+    ones."""
+    kinds = task.evaluator_kinds()
+    for name, entry in config.evals.items():
+        kind = kinds[entry.type]
+        ranges = {**_EVALUATOR_RANGES, **kind.ranges}
+        check_ranges(config, {f"evals.{name}.{key}": bound for key, bound in ranges.items()})
+        check_choices(config, {f"evals.{name}.{key}": allowed
+                               for key, allowed in kind.choices.items()})
 
 
 # Fields a resumed run may change: they alter neither what a checkpoint holds nor the data order.
 RESUMABLE_FIELDS = (
-    "total_steps", "log_every", "eval_every", "write_images", "checkpoint.", "eval.", "mesh.",
+    "total_steps", "log_every", "write_images", "checkpoint.", "evals.", "mesh.",
     "sharding_rules", "data.num_workers", "init_from.",
 )
 

@@ -1,8 +1,9 @@
 """The generic trainer: one path from config to checkpoints and metrics for every task.
 
 Reads top to bottom: config -> mesh -> task and input -> abstract state and shardings ->
-optimizer -> jitted steps -> initial state (checkpoint, or seed + init_from) -> evaluators ->
-training loop (logging, evaluation, checkpoints, preemption, non-finite guard).
+optimizer -> jitted steps -> initial state (checkpoint, or seed + init_from) -> evaluators (built
+by name from `config.evals`, each run by `evaluation.loop`) -> training loop (logging, evaluations
+at each evaluator's steps, checkpoints, preemption, non-finite guard).
 """
 
 from __future__ import annotations
@@ -17,17 +18,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mlx_research.config_checks import check_batch_divisible
 from mlx_research.data.pipeline import (
-    make_eval_iterator,
     make_train_iterator,
     to_global_batch,
     transformed_train_stream,
 )
 from mlx_research.errors import ConfigError
+from mlx_research.evaluation.loop import EvaluationLoop
 from mlx_research.nn.barrier import CPU_COMPILER_OPTIONS
 from mlx_research.parallel.mesh import create_mesh
 from mlx_research.parallel.sharding import batch_sharding, get_rules, logical_shardings
@@ -119,10 +119,13 @@ class Trainer:
         )
 
         # ---------------------------------------------------------------- evaluators
-        self.evaluators = self.task.evaluators()
-        self.predict = {
-            name: jax.jit(e.predict, in_shardings=(self.variable_shardings, self.batch_sharding))
-            for name, e in self.evaluators.items()
+        kinds = type(self.task).evaluator_kinds()
+        self.evals = {
+            name: EvaluationLoop(kinds[entry.type].build(self.task, entry),
+                                 variable_shardings=self.variable_shardings,
+                                 batch_sharding=self.batch_sharding, batch_size=entry.batch_size,
+                                 num_workers=config.data.num_workers)
+            for name, entry in config.evals.items()
         }
         # ---------------------------------------------------------------- workdir
         self.lock = self._lock_workdir() if self.is_primary else None
@@ -245,43 +248,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, state: TrainState, names: list[str] | None = None) -> dict[str, float]:
-        """Runs the evaluators `names` (default all) over their splits.
+        """Runs the evaluators `names` (default all) over their splits (`EvaluationLoop.run`).
 
-        Every process predicts its rows of each batch; the predictions are gathered and process 0
-        feeds the valid rows to the evaluator and scores them. Returns {"<name>/<metric>": value}
-        (empty on the other processes). Pictures of the first batch go to the workdir when
-        `config.write_images` is set.
+        Returns {"<name>/<metric>": value} (empty on the other processes). Pictures of the first
+        batch go to the workdir when `config.write_images` is set; an evaluator's own files to
+        <workdir>/eval/<name>.
         """
         variables = {"params": state.params, **state.model_state}
+        step = int(state.step)
         scores: dict[str, float] = {}
-        for name in names or list(self.evaluators):
-            evaluator = self.evaluators[name]
-            evaluator.reset()
-            batches = make_eval_iterator(
-                evaluator.source,
-                global_batch_size=self.config.eval.batch_size,
-                transform=evaluator.transform,
-                num_workers=self.config.data.num_workers,
-            )
+        for name in names or list(self.evals):
             with self.mesh_context():
-                for i, local in enumerate(batches):
-                    batch = to_global_batch(local, self.batch_sharding)
-                    predictions = self.predict[name](variables, batch)
-                    predictions, index, valid = multihost_utils.process_allgather(
-                        (predictions, batch["index"], batch["valid"]), tiled=True
-                    )
-                    if not self.is_primary:
-                        continue
-                    evaluator.update({k: v[valid] for k, v in predictions.items()}, index[valid])
-                    if i == 0 and self.config.write_images:
-                        first = {k: v[: len(local["valid"])] for k, v in predictions.items()}
-                        images = evaluator.images(first, local)
-                        images = {f"{name}_{k}": v for k, v in images.items()}
-                        self.writer.write_images(int(state.step), images)
-            if self.is_primary:
-                scores.update({f"{name}/{k}": v for k, v in evaluator.result().items()})
-                evaluator.write_outputs(os.path.join(self.workdir, "eval", name), int(state.step))
+                result = self.evals[name].run(
+                    variables, step, outputs_dir=os.path.join(self.workdir, "eval", name),
+                    pictures=self.config.write_images)
+            if self.config.write_images:
+                self.writer.write_images(step, {f"{name}_{k}": v for k, v in result.images.items()})
+            scores.update({f"{name}/{k}": v for k, v in result.scores.items()})
         return scores
+
+    def due_evaluators(self, step: int) -> list[str]:
+        """The evaluators that run after training step `step`: each at its `every_steps` and all
+        at the last step."""
+        final = step == self.config.total_steps
+        return [name for name, entry in self.config.evals.items()
+                if final or (entry.every_steps and step % entry.every_steps == 0)]
 
     # ------------------------------------------------------------------ training loop
     def train_iterator(self):
@@ -315,7 +306,7 @@ class Trainer:
                 final = step == c.total_steps
                 stop = preempted.received or self.checkpointer.reached_preemption(step)
                 save = final or stop or step % c.checkpoint.every_steps == 0
-                evaluate = (c.eval_every and step % c.eval_every == 0) or final
+                evaluate = self.due_evaluators(step)
                 if step % c.log_every == 0 or save or evaluate:
                     self._check_finite(state, last_saved)
                 if step % c.log_every == 0 or final:
@@ -333,7 +324,7 @@ class Trainer:
                     self.checkpointer.save(step, state, it.get_state())
                     last_saved = step
                 if evaluate:
-                    self._evaluate_and_report(state, step)
+                    self._evaluate_and_report(state, step, evaluate)
                 if stop:
                     self.preempted = True
                     self._say(
@@ -379,10 +370,11 @@ class Trainer:
         self, step: int | None = None, evaluator: str | None = None
     ) -> dict[str, float]:
         """`--mode=eval`: restores checkpoint `step` (default: latest) and runs `evaluator`
-        (default: every evaluator of the task)."""
-        if evaluator is not None and evaluator not in self.evaluators:
+        (default: every evaluator of `config.evals`)."""
+        if evaluator is not None and evaluator not in self.evals:
             raise ConfigError(
-                f"--eval={evaluator}: the task's evaluators are {', '.join(self.evaluators)}"
+                f"--eval={evaluator}: the config's evaluators (config.evals) are "
+                f"{', '.join(self.evals) or 'none'}"
             )
         if step is None:  # the newest checkpoint that restores (corrupt ones are moved aside)
             restored = self.checkpointer.restore_latest(self.abstract_state())

@@ -1,14 +1,16 @@
 """The interface between a model family and the generic trainer.
 
-A task owns what is specific to a problem: its config fields (`model`, `data`, `eval`), the model,
-the training data and its augmentation, the loss and the evaluators. The trainer owns everything
-else (state, optimizer, sharding, the jitted steps, checkpoints, metrics). `loss` and every
-evaluator's `predict` run inside jitted steps and must be pure functions of arrays.
+A task owns what is specific to a problem: its config fields (`model`, `data`, its default
+`evals`), the model, the training data and its augmentation, the loss and the kinds of evaluator
+it can build. The trainer owns everything else (state, optimizer, sharding, the jitted steps,
+checkpoints, metrics, when to evaluate). `loss` and every evaluator's `predict` run inside jitted
+steps and must be pure functions of arrays.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -18,6 +20,26 @@ import numpy as np
 from mlx_research.evaluation.base import Evaluator
 
 Batch = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorKind:
+    """An evaluator a `config.evals` entry names by its `type`.
+
+    Attributes:
+      defaults: the kind's own settings and their defaults (e.g. `num_examples`, `beam_size`);
+        every entry also has the trainer's `type`, `every_steps` and `batch_size`
+        (`config.EVALUATOR_FIELDS`), whose defaults a kind may change here too.
+      build: `(task, settings) -> Evaluator`, `settings` the entry with every field filled in.
+      ranges: `{setting: (low, high)}`, closed, None = unbounded (checked as
+        `evals.<name>.<setting>`).
+      choices: `{setting: allowed values}`.
+    """
+
+    defaults: Mapping[str, Any]
+    build: Callable[[Task, ml_collections.ConfigDict], Evaluator]
+    ranges: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+    choices: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
 
 
 class Task:
@@ -31,8 +53,9 @@ class Task:
 
     @staticmethod
     def default_config() -> ml_collections.ConfigDict:
-        """The task's fields: a ConfigDict with `model`, `data` and `eval` sub-dicts (`data` and
-        `eval` are merged into the trainer's `data.num_workers` / `eval.batch_size`)."""
+        """The task's fields: a ConfigDict with `model`, `data` (merged into the trainer's
+        `data.num_workers`) and `evals`, the evaluators a run has by default, each as
+        `{"type": kind}` (or with some settings; the rest take the kind's defaults)."""
         raise NotImplementedError
 
     @staticmethod
@@ -81,6 +104,7 @@ class Task:
         """
         raise NotImplementedError
 
-    def evaluators(self) -> dict[str, Evaluator]:
-        """{name: Evaluator}; built once per run. Scores are logged as eval/<name>/<metric>."""
-        raise NotImplementedError
+    @classmethod
+    def evaluator_kinds(cls) -> dict[str, EvaluatorKind]:
+        """{type: EvaluatorKind}: the evaluators `config.evals` entries can name. Default: none."""
+        return {}

@@ -5,8 +5,8 @@ loss and prediction of a detector (`models/detection/interface.py`).
 A subclass sets ``self.model``, ``self.criterion`` and ``self.postprocess`` in ``__init__``.
 ``loss`` runs the model in training mode and its criterion; ``predict(variables, batch)`` runs
 it in evaluation mode and its postprocess, giving ``{"boxes" [B, D, 4] xyxy resized pixels,
-"scores" [B, D], "labels" [B, D] in 1..K, "valid" [B, D]}``; the evaluator "coco" scores those
-detections (pycocotools AP, AP50, ... and a picture of predicted boxes).
+"scores" [B, D], "labels" [B, D] in 1..K, "valid" [B, D]}``; evaluators of kind "coco" score
+those detections (pycocotools AP, AP50, ... and a picture of predicted boxes).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ _DATA_RANGES = {
     "data.hflip_prob": (0, 1),
     "data.scale_min": (0.1, 10),
     "data.scale_max": (0.1, 10),
-    "eval.num_examples": (1, None),
 }
 
 
@@ -57,13 +56,13 @@ def data_config(image_size: int) -> ml_collections.ConfigDict:
     ))
 
 
-def eval_config() -> ml_collections.ConfigDict:
-    """The ``eval`` fields of every detection task."""
-    return ml_collections.ConfigDict(dict(num_examples=256))  # shapes: validation images
+def evals_config() -> ml_collections.ConfigDict:
+    """The default evaluators of every detection task: "coco" on the validation split."""
+    return ml_collections.ConfigDict({"coco": {"type": "coco"}})
 
 
 def validate_data(config: ml_collections.ConfigDict) -> None:
-    """Checks the shared ``data`` / ``eval`` fields; COCO paths must exist (ConfigError)."""
+    """Checks the shared ``data`` fields; COCO paths must exist (ConfigError)."""
     check_choices(config, {"data.dataset": ("shapes", "coco")})
     check_ranges(config, _DATA_RANGES)
     d = config.data
@@ -138,21 +137,36 @@ class DetectionTask(base.Task):
         outputs = self.model.apply(variables, **self.model_inputs(batch), train=False)
         return self.postprocess(outputs, batch["image_hw"])
 
-    def evaluators(self):
+    @classmethod
+    def evaluator_kinds(cls):
+        return {"coco": base.EvaluatorKind(
+            defaults=dict(
+                num_examples=256,  # shapes: validation images (COCO: the whole val split)
+                num_pictures=8,  # validation images drawn with their boxes
+                picture_score_threshold=0.3,  # predicted boxes drawn from this score (not scored)
+            ),
+            ranges={"num_examples": (1, None), "num_pictures": (1, 64),
+                    "picture_score_threshold": (0, 1)},
+            build=cls.coco_evaluator)}
+
+    def coco_evaluator(self, settings: ml_collections.ConfigDict) -> CocoEvaluator:
+        """COCO mAP of `predict` on the validation split (an `evals` entry of kind "coco")."""
         if self.config.data.dataset == "coco":
             source = self._coco("val")
             ground_truth, image_ids = source.coco, source.image_ids
             label_to_category = source.label_to_category_id
         else:
-            source = self._shapes("val", self.config.eval.num_examples)
+            source = self._shapes("val", settings.num_examples)
             ground_truth = shapes.coco_ground_truth(source)
             image_ids = [image["id"] for image in ground_truth["images"]]
             label_to_category = {i: i for i in range(1, len(shapes.CLASS_NAMES) + 1)}
         names = dict(enumerate(source.class_names, start=1))
-        return {"coco": CocoEvaluator(
+        return CocoEvaluator(
             source=source, transform=self._transform(train=False), predict_fn=self.predict,
             coco_gt=ground_truth, image_ids=image_ids, label_to_category_id=label_to_category,
-            label_names=names)}
+            label_names=names, score_threshold=settings.picture_score_threshold,
+            max_images=settings.num_pictures)
+
 
 
 def detection_targets(batch) -> DetectionTargets:

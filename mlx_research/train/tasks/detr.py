@@ -86,7 +86,7 @@ class Task(detection.DetectionTask):
             eos_coef=0.1,  # class weight of "no object" in the cross-entropy
         ))
         c.data = detection.data_config(image_size=128)
-        c.eval = detection.eval_config()
+        c.evals = detection.evals_config()
         return c
 
     @staticmethod

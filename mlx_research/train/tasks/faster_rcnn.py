@@ -77,7 +77,7 @@ class Task(detection.DetectionTask):
             box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100,
         ))
         c.data = detection.data_config(image_size=128)
-        c.eval = detection.eval_config()
+        c.evals = detection.evals_config()
         return c
 
     @staticmethod

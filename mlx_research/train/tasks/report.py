@@ -2,11 +2,11 @@
 folder (IU X-Ray, MIMIC-CXR).
 
 Loss: token cross-entropy summed over the non-padding report tokens (EOS included), normalised by
-their number. Evaluator "report": beam-search (or greedy) decoding of the evaluation split, scored
+their number. Evaluator kind "report": beam-search (or greedy) decoding of a split, scored
 by BLEU-1..4 / METEOR / ROUGE-L / CIDEr and clinical precision/recall/F1 (micro and macro over the
 14 CheXpert observations, or the 8 the synthetic data can produce; `clinical_f1_macro_abnormal`
 over those other than "No Finding"),
-the generated reports saved beside their references in <workdir>/eval/report/reports_<step>.json.
+the generated reports saved beside their references in <workdir>/eval/<name>/reports_<step>.json.
 The vocabulary (train split, count threshold) is saved as <workdir>/vocab.json.
 """
 
@@ -55,10 +55,6 @@ _RANGES = {
     "data.vocab_studies": (1, None),
     "data.normal_fraction": (0, 1),
     "data.prior_fraction": (0, 1),
-    "eval.num_examples": (1, None),
-    "eval.beam_size": (1, None),
-    "eval.length_penalty": (0, None),
-    "eval.num_pictures": (1, 64),
 }
 _DEFAULTS = {"synthetic": dict(threshold=3, max_len=60), **{
     name: dict(threshold=d["threshold"], max_len=d["max_len"]) for name, d in r2gen.DEFAULTS.items()}}
@@ -107,22 +103,30 @@ class Task(base.Task):
             knowledge_file="",  # knowledge dictionary JSON ("": <root>/knowledge.json if present,
             # else the built-in one; synthetic: the generator's)
         ))
-        c.eval = ml_collections.ConfigDict(dict(
-            split="test",  # "val" | "test"
-            num_examples=500,  # synthetic: studies in the split
-            beam_size=3,  # 1 = greedy
-            length_penalty=0.0,  # beam score = log-prob sum / length ** penalty (0: R2Gen's sum)
-            num_pictures=4,  # studies drawn with their reports
-            meteor=True,  # score METEOR (Java; skipped with a notice when Java is missing)
-        ))
+        c.evals = ml_collections.ConfigDict({"report": {"type": "report"}})
         return c
+
+    @classmethod
+    def evaluator_kinds(cls):
+        return {"report": base.EvaluatorKind(
+            defaults=dict(
+                split="test",  # "val" | "test"
+                num_examples=500,  # synthetic: studies in the split
+                beam_size=3,  # 1 = greedy
+                length_penalty=0.0,  # beam score = log-prob sum / length ** penalty (0: R2Gen's)
+                num_pictures=4,  # studies drawn with their reports
+                meteor=True,  # score METEOR (Java; skipped with a notice when Java is missing)
+            ),
+            ranges={"num_examples": (1, None), "beam_size": (1, None),
+                    "length_penalty": (0, None), "num_pictures": (1, 64)},
+            choices={"split": ("val", "test")},
+            build=cls.report_evaluator)}
 
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
         check_backbone_config(config)
         check_choices(config, {
             "data.dataset": ("synthetic", *r2gen.DATASETS),
-            "eval.split": ("val", "test"),
         })
         check_ranges(config, _RANGES)
         m, d = config.model, config.data
@@ -147,7 +151,7 @@ class Task(base.Task):
         defaults = _DEFAULTS[d.dataset]
         self.threshold = defaults["threshold"] if d.threshold < 0 else d.threshold
         self.max_len = defaults["max_len"] if d.max_len < 0 else d.max_len
-        train = self._studies("train")
+        train = self._studies("train", d.num_train)
         if d.dataset == "synthetic":
             reports = (train.cleaned(i) for i in range(min(d.vocab_studies, len(train))))
         else:
@@ -167,19 +171,19 @@ class Task(base.Task):
 
     # ------------------------------------------------------------------ data
     @functools.cache
-    def _studies(self, split: str):
+    def _studies(self, split: str, num_examples: int):
+        """The studies of `split`; synthetic: `num_examples` of them (R2Gen folders: all)."""
         d = self.config.data
         if d.dataset == "synthetic":
-            size = d.num_train if split == "train" else self.config.eval.num_examples
-            return SyntheticStudies(size, split=split, seed=self.config.seed,
+            return SyntheticStudies(num_examples, split=split, seed=self.config.seed,
                                     image_size=d.image_size, views=d.views,
                                     normal_fraction=d.normal_fraction,
                                     prior_fraction=d.prior_fraction)
         return R2GenStudies(d.root, split=split, dataset=d.dataset, image_dir=d.image_dir,
                             annotation_file=d.annotation_file, chexpert_csv=d.chexpert_csv)
 
-    def _examples(self, split: str) -> ReportExamples:
-        return ReportExamples(self._studies(split), self.vocab, self.max_len,
+    def _examples(self, split: str, num_examples: int) -> ReportExamples:
+        return ReportExamples(self._studies(split, num_examples), self.vocab, self.max_len,
                               extras=self.uses_extras, knowledge=self.knowledge(),
                               observations=self.observations())
 
@@ -210,7 +214,7 @@ class Task(base.Task):
         self.vocab.save(path)
 
     def train_source(self):
-        return self._examples("train")
+        return self._examples("train", self.config.data.num_train)
 
     def train_transform(self, example, rng):
         image = self._image_transform(train=True)(example["images"], rng)
@@ -240,22 +244,23 @@ class Task(base.Task):
         """The model's decoding step over a batch's studies, and its initial cache."""
         return make_step(self.model, variables, batch["image"], self.max_len)
 
-    def generate(self, variables, batch) -> jax.Array:
-        """Generated report ids [B, max_len] (beam search, or greedy with eval.beam_size = 1)."""
-        e = self.config.eval
+    def generate(self, variables, batch, beam_size: int, length_penalty: float) -> jax.Array:
+        """Generated report ids [B, max_len] (beam search, or greedy with beam_size = 1)."""
         step, cache = self.decoding_step(variables, batch)
-        return search(step, cache, e.beam_size, batch_size=batch["image"].shape[0],
+        return search(step, cache, beam_size, batch_size=batch["image"].shape[0],
                       max_len=self.max_len, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
-                      length_penalty=e.length_penalty)
+                      length_penalty=length_penalty)
 
-    def evaluators(self):
-        e = self.config.eval
+    def report_evaluator(self, settings: ml_collections.ConfigDict) -> ReportEvaluator:
+        """Reports generated for `settings.split`, scored (an `evals` entry of kind "report")."""
         observations = self.observations()
         abnormal = tuple(name for name in observations if name != "No Finding")
-        return {"report": ReportEvaluator(
-            self._examples(e.split), self.eval_transform, self.generate,
-            observations=observations, abnormal_observations=abnormal,
-            num_pictures=e.num_pictures, meteor=e.meteor)}
+        generate_fn = functools.partial(self.generate, beam_size=settings.beam_size,
+                                        length_penalty=settings.length_penalty)
+        return ReportEvaluator(
+            self._examples(settings.split, settings.num_examples), self.eval_transform,
+            generate_fn, observations=observations, abnormal_observations=abnormal,
+            num_pictures=settings.num_pictures, meteor=settings.meteor)
 
     def observations(self) -> tuple[str, ...]:
         """CheXpert observations scored: all 14 on real data; on the synthetic data the 8 it can

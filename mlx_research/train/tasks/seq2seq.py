@@ -1,12 +1,13 @@
 """Synthetic sequence-to-sequence task (reverse / sort / copy) with an encoder-decoder Transformer.
 
 Loss: token cross-entropy summed over the non-padding target tokens, normalised by their number.
-Evaluator "decode": greedy or beam-search decoding (KV-cached) of the held-out split; token
+Evaluator kind "decode": greedy or beam-search decoding (KV-cached) of the held-out split; token
 accuracy (over target tokens incl. EOS) and sequence accuracy (every token right).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -36,9 +37,6 @@ _RANGES = {
     "data.min_len": (1, None),
     "data.max_len": (1, None),
     "data.num_train": (1, None),
-    "eval.num_examples": (1, None),
-    "eval.beam_size": (1, None),
-    "eval.length_penalty": (0, None),
     "label_smoothing": (0, 1),
 }
 
@@ -74,16 +72,22 @@ class Task(base.Task):
                 relabel_symbols=False,  # augmentation: random renaming of the symbols per example
             )
         )
-        c.eval = ml_collections.ConfigDict(
-            dict(
+        c.evals = ml_collections.ConfigDict({"decode": {"type": "decode"}})
+        c.label_smoothing = 0.0
+        return c
+
+    @classmethod
+    def evaluator_kinds(cls):
+        return {"decode": base.EvaluatorKind(
+            defaults=dict(
                 num_examples=512,  # evaluation split size
                 batch_size=256,  # global evaluation batch
                 beam_size=1,  # 1 = greedy decoding, else beam search
                 length_penalty=1.0,  # beam search: score = log-prob sum / length ** penalty
-            )
-        )
-        c.label_smoothing = 0.0
-        return c
+            ),
+            ranges={"num_examples": (1, None), "beam_size": (1, None),
+                    "length_penalty": (0, None)},
+            build=cls.decode_evaluator)}
 
     @staticmethod
     def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -162,35 +166,37 @@ class Task(base.Task):
         accuracy = correct / jnp.maximum(real.sum(), 1)
         return (loss_sum, real.sum()), ({"token_accuracy_teacher_forced": accuracy}, model_state)
 
-    def decode(self, variables, inputs: jax.Array) -> jax.Array:
-        """inputs [B, S] -> predicted targets [B, S + 1] (greedy, or beam search)."""
+    def decode(self, variables, inputs: jax.Array, beam_size: int,
+               length_penalty: float) -> jax.Array:
+        """inputs [B, S] -> predicted targets [B, S + 1] (greedy with beam_size = 1, or beam
+        search)."""
         max_len = inputs.shape[1] + 1
         step, cache = make_step(self.model, variables, inputs, max_len)
         return search(
             step,
             cache,
-            self.config.eval.beam_size,
+            beam_size,
             batch_size=inputs.shape[0],
             max_len=max_len,
             bos_id=data.BOS_ID,
             eos_id=data.EOS_ID,
             pad_id=data.PAD_ID,
-            length_penalty=self.config.eval.length_penalty,
+            length_penalty=length_penalty,
         )
 
-    def evaluators(self):
-        return {
-            "decode": SumEvaluator(
-                self._source("eval", self.config.eval.num_examples),
-                self._decode_and_compare,
-                _accuracies,
-                _correctness_map,
-            )
-        }
+    def decode_evaluator(self, settings: ml_collections.ConfigDict) -> SumEvaluator:
+        """Token and sequence accuracy of `decode` on the held-out split (an `evals` entry of
+        kind "decode")."""
+        decode_and_compare = functools.partial(self._decode_and_compare,
+                                               beam_size=settings.beam_size,
+                                               length_penalty=settings.length_penalty)
+        return SumEvaluator(self._source("eval", settings.num_examples), decode_and_compare,
+                            _accuracies, _correctness_map)
 
-    def _decode_and_compare(self, variables, batch):
+    def _decode_and_compare(self, variables, batch, beam_size: int, length_penalty: float):
         """Per example: correct [T] and real [T] token flags, sequence_correct []."""
-        predicted, targets = self.decode(variables, batch["inputs"]), batch["targets"]
+        predicted = self.decode(variables, batch["inputs"], beam_size, length_penalty)
+        targets = batch["targets"]
         real = targets != data.PAD_ID
         correct = (predicted == targets) & real
         return {"correct": correct, "real": real, "sequence_correct": jnp.all(correct == real, 1)}

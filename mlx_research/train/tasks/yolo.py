@@ -63,7 +63,7 @@ class Task(detection.DetectionTask):
             detections_per_img=100,  # fixed number of detections (valid mask)
         ))
         c.data = detection.data_config(image_size=448)
-        c.eval = detection.eval_config()
+        c.evals = detection.evals_config()
         return c
 
     @staticmethod
