@@ -15,11 +15,14 @@ from mlx_research.errors import ConfigError
 
 def _config(**fields):
     c = ml_collections.ConfigDict(dict(batch_size=24, grad_accum_steps=3))
-    c.eval = ml_collections.ConfigDict(dict(batch_size=8))
+    c.evals = ml_collections.ConfigDict(dict(val=dict(batch_size=8), test=dict(batch_size=16)))
     c.model = ml_collections.ConfigDict(dict(dropout=0.1, norm="batch"))
     for key, value in fields.items():
-        section, name = key.split(".")
-        c[section][name] = value
+        *sections, name = key.split(".")
+        section = c
+        for part in sections:
+            section = section[part]
+        section[name] = value
     return c
 
 
@@ -46,13 +49,13 @@ def test_choices():
         check_choices(_config(), {"model.norm": ("group", "layer")})
 
 
-def test_batch_divisible_checks_the_micro_batch_and_the_eval_batch():
-    check_batch_divisible(_config(), 8, "8 devices")  # micro-batch 24 / 3 = 8, eval 8
+def test_batch_divisible_checks_the_micro_batch_and_every_eval_batch():
+    check_batch_divisible(_config(), 8, "8 devices")  # micro-batch 24 / 3 = 8, evals 8 and 16
     with pytest.raises(ConfigError, match="batch_size / grad_accum_steps = 8 is not divisible by "
                                           "the 3 devices"):
         check_batch_divisible(_config(), 3, "the 3 devices")  # 24 is, the micro-batch 8 is not
-    with pytest.raises(ConfigError, match="eval.batch_size = 6 is not divisible by 4 devices"):
-        check_batch_divisible(_config(**{"eval.batch_size": 6}), 4, "4 devices")
+    with pytest.raises(ConfigError, match="evals.test.batch_size = 6 is not divisible by 4 dev"):
+        check_batch_divisible(_config(**{"evals.test.batch_size": 6}), 4, "4 devices")
 
 
 def test_presets():
