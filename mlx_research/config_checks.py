@@ -53,5 +53,6 @@ def parse_presets(arg: str | None, known: tuple[str, ...], source: str) -> list[
     items = [item for item in (arg or "").split(",") if item]
     for item in items:
         if item not in known:
-            raise ValueError(f"{source}: unknown preset {item!r} (known: {', '.join(known)})")
+            choices = f"known: {', '.join(known)}" if known else "it has no presets"
+            raise ValueError(f"{source}: unknown preset {item!r} ({choices})")
     return items

@@ -15,10 +15,10 @@ Result: not measured here (no COCO on the development machine); DETR R50 reaches
 """
 
 from mlx_research.train.config import default_config
+from mlx_research.train.presets import apply_presets
 
 
 def get_config(arg: str | None = None):
-    del arg
     config = default_config("detr")
     # DETR: 300 epochs of 118k images at batch 64 (~1850 steps each), lr drop after 200.
     config.total_steps = 555_000
@@ -37,4 +37,4 @@ def get_config(arg: str | None = None):
     config.data.update(dataset="coco", image_size=800, max_boxes=100, scale_min=0.6,
                        scale_max=1.0)
     config.evals.coco.update(every_steps=20_000, num_examples=5000, batch_size=16)
-    return config
+    return apply_presets(config, arg, {}, __file__)  # no presets: any :ARG is an error

@@ -24,6 +24,7 @@ positions, step 1000 of 1500), 0.30 (spatial prior), 0.41 (prior + 3 groups).
 import math
 
 from mlx_research.train.config import default_config
+from mlx_research.train.presets import apply_presets, runlocal
 
 
 def get_config(arg: str | None = None):
@@ -44,17 +45,15 @@ def get_config(arg: str | None = None):
     )
     config.data.update(image_size=96, shapes_image_size=128, max_boxes=8, shapes_max_objects=6)
     config.evals.coco.update(every_steps=1000, num_examples=256, batch_size=32)
+    return apply_presets(config, arg, {"quick": quick, "plain": plain, "runlocal": runlocal(
+        6, num_examples=16, batch_size=8)}, __file__)
 
-    for item in filter(None, (arg or "").split(",")):
-        if item == "quick":
-            config.total_steps, config.evals.coco.every_steps = 1000, 500
-        elif item == "plain":
-            config.model.update(spatial_prior=False, query_groups=1)
-        elif item == "runlocal":
-            config.total_steps, config.log_every = 6, 2
-            config.checkpoint.every_steps = 6
-            config.evals.coco.update(every_steps=6, num_examples=16, batch_size=8)
-        else:
-            raise ValueError(f"detr_shapes.py: unknown preset {item!r} "
-                             "(known: quick, plain, runlocal)")
-    return config
+
+def quick(config):
+    """1000 steps, evaluated at 500 and 1000."""
+    config.total_steps, config.evals.coco.every_steps = 1000, 500
+
+
+def plain(config):
+    """DETR's own cross-attention and one query group (no SMCA prior, no Group DETR)."""
+    config.model.update(spatial_prior=False, query_groups=1)

@@ -9,10 +9,10 @@ Result: not measured here (no COCO on the development machine).
 """
 
 from mlx_research.train.config import default_config
+from mlx_research.train.presets import apply_presets
 
 
 def get_config(arg: str | None = None):
-    del arg
     config = default_config("faster_rcnn")
     config.total_steps = 90_000  # torchvision's 26 epochs at batch 16 are ~190k steps; 1x ~ 90k
     config.batch_size = 16
@@ -28,4 +28,4 @@ def get_config(arg: str | None = None):
     config.init_from.prefix = "body"
     config.data.update(dataset="coco", image_size=800, max_boxes=100, scale_min=1.0, scale_max=1.0)
     config.evals.coco.update(every_steps=10_000, num_examples=5000, batch_size=16)
-    return config
+    return apply_presets(config, arg, {}, __file__)  # no presets: any :ARG is an error

@@ -11,10 +11,10 @@ Result: not measured here (no COCO on the development machine).
 """
 
 from mlx_research.train.config import default_config
+from mlx_research.train.presets import apply_presets
 
 
 def get_config(arg: str | None = None):
-    del arg
     config = default_config("yolo")
     # Paper (VOC, batch 64): 135 epochs, lr 1e-3 -> 1e-2 warmup, 1e-2 for 75 epochs, 1e-3 for
     # 30, 1e-4 for 30; momentum 0.9, weight decay 5e-4. COCO train2017 at batch 64 is ~1850
@@ -36,4 +36,4 @@ def get_config(arg: str | None = None):
     config.data.update(dataset="coco", image_size=448, max_boxes=100, scale_min=0.8,
                        scale_max=1.2)
     config.evals.coco.update(every_steps=10_000, num_examples=5000, batch_size=64)
-    return config
+    return apply_presets(config, arg, {}, __file__)  # no presets: any :ARG is an error

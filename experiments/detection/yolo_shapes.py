@@ -10,6 +10,7 @@ Result:  COCO AP 0.661, AP50 0.951 on the 256 shapes validation images (the same
 """
 
 from mlx_research.train.config import default_config
+from mlx_research.train.presets import apply_presets, runlocal
 
 
 def get_config(arg: str | None = None):
@@ -29,15 +30,11 @@ def get_config(arg: str | None = None):
     )
     config.data.update(image_size=128, max_boxes=8, shapes_max_objects=6)
     config.evals.coco.update(every_steps=500, num_examples=256, batch_size=32)
+    return apply_presets(config, arg, {"quick": quick, "runlocal": runlocal(
+        6, num_examples=16, batch_size=8)}, __file__)
 
-    for item in filter(None, (arg or "").split(",")):
-        if item == "quick":
-            config.total_steps, config.evals.coco.every_steps = 500, 500
-            config.checkpoint.every_steps = 500
-        elif item == "runlocal":
-            config.total_steps, config.log_every = 6, 2
-            config.checkpoint.every_steps = 6
-            config.evals.coco.update(every_steps=6, num_examples=16, batch_size=8)
-        else:
-            raise ValueError(f"yolo_shapes.py: unknown preset {item!r} (known: quick, runlocal)")
-    return config
+
+def quick(config):
+    """500 steps, one evaluation at the end."""
+    config.total_steps, config.evals.coco.every_steps = 500, 500
+    config.checkpoint.every_steps = 500

@@ -10,25 +10,24 @@ Result:    see the README's report results table (./launch.sh bench report_cxr m
 """
 
 from experiments.report.r2gen_cxr import get_config as r2gen_config
-from mlx_research.config_checks import parse_presets
 from mlx_research.train.config import derived_config
+from mlx_research.train.presets import apply_presets
 
-PRESETS = ("runlocal", "no_dictionary", "no_history", "coarse_only")
+PRESETS = {
+    # the R2Gen experiment's runlocal (taken in `from_r2gen`) and a narrower alignment space
+    "runlocal": lambda config: config.model.update(align_dim=32),
+    "no_dictionary": lambda config: config.model.update(use_dictionary=False),
+    "no_history": lambda config: config.model.update(use_history=False),
+    "coarse_only": lambda config: config.model.update(alignment="coarse"),  # no region-word KL
+}
 
 
 def from_r2gen(r2gen_get_config, arg: str | None, source: str):
     """MKMIA on the settings of an R2Gen experiment (``r2gen_get_config``, its get_config) with the
-    presets of ``arg``: "runlocal" | "no_dictionary" | "no_history" | "coarse_only" (coarse
-    alignment only: no region-word KL); ``source`` names the file in errors."""
-    items = parse_presets(arg, PRESETS, source)
-    base = r2gen_get_config("runlocal" if "runlocal" in items else None)
-    config = derived_config("mkmia", base)
-    config.model.use_dictionary = "no_dictionary" not in items
-    config.model.use_history = "no_history" not in items
-    config.model.alignment = "coarse" if "coarse_only" in items else "multilevel"
-    if "runlocal" in items:
-        config.model.align_dim = 32
-    return config
+    presets of ``arg`` (`PRESETS`); ``source`` names the file in errors."""
+    runlocal = "runlocal" in (arg or "").split(",")
+    config = derived_config("mkmia", r2gen_get_config("runlocal" if runlocal else None))
+    return apply_presets(config, arg, PRESETS, source)
 
 
 def get_config(arg: str | None = None):

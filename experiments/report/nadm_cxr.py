@@ -10,25 +10,24 @@ Result:    see the README's report results table (./launch.sh bench report_cxr n
 """
 
 from experiments.report.r2gen_cxr import get_config as r2gen_config
-from mlx_research.config_checks import parse_presets
 from mlx_research.train.config import derived_config
+from mlx_research.train.presets import apply_presets
 
-PRESETS = ("runlocal", "no_memory", "no_decouple")
+PRESETS = {
+    # the R2Gen experiment's runlocal (taken in `from_r2gen`) and smaller semantic heads
+    "runlocal": lambda config: config.model.update(semantic_topk=8, semantic_layers=1),
+    "no_memory": lambda config: config.model.update(abnormal_memory=False),  # no memory, no L_m
+    "no_decouple": lambda config: config.model.update(decouple=False),  # plain CE, no heads
+}
 
 
 def from_r2gen(r2gen_get_config, arg: str | None, source: str):
     """NADM on the settings of an R2Gen experiment (``r2gen_get_config``, its get_config) with the
-    presets of ``arg``: "runlocal" | "no_memory" (no abnormal memory, no L_m) | "no_decouple"
-    (plain token cross-entropy, no semantic heads); ``source`` names the file in errors."""
-    items = parse_presets(arg, PRESETS, source)
-    base = r2gen_get_config("runlocal" if "runlocal" in items else None)
-    config = derived_config("nadm", base)
+    presets of ``arg`` (`PRESETS`); ``source`` names the file in errors."""
+    runlocal = "runlocal" in (arg or "").split(",")
+    config = derived_config("nadm", r2gen_get_config("runlocal" if runlocal else None))
     config.optim.wd_exclude = (*config.optim.wd_exclude, "^report_uncertainty$")
-    config.model.abnormal_memory = "no_memory" not in items
-    config.model.decouple = "no_decouple" not in items
-    if "runlocal" in items:
-        config.model.update(semantic_topk=8, semantic_layers=1)
-    return config
+    return apply_presets(config, arg, PRESETS, source)
 
 
 def get_config(arg: str | None = None):

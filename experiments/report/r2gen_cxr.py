@@ -7,6 +7,7 @@ Result:  see the README's report results table (./launch.sh bench report_cxr r2g
 """
 
 from mlx_research.train.config import default_config
+from mlx_research.train.presets import apply_presets, runlocal
 
 
 def get_config(arg: str | None = None):
@@ -25,14 +26,10 @@ def get_config(arg: str | None = None):
                         feature_dropout=0.1)  # R2Gen's 0.5 suits pretrained features, not scratch
     config.data.update(dataset="synthetic", image_size=96, resize=96, crop=88, hflip=False)
     config.evals.report.update(every_steps=1000, num_examples=500, batch_size=50, beam_size=3)
+    return apply_presets(config, arg, {"base": base, "runlocal": runlocal(
+        4, num_examples=8, batch_size=8, beam_size=2)}, __file__)
 
-    for item in filter(None, (arg or "").split(",")):
-        if item == "base":
-            config.model.use_memory = False
-        elif item == "runlocal":
-            config.total_steps, config.log_every = 4, 2
-            config.checkpoint.every_steps = 4
-            config.evals.report.update(every_steps=4, num_examples=8, batch_size=8, beam_size=2)
-        else:
-            raise ValueError(f"r2gen_cxr.py: unknown preset {item!r} (known: base, runlocal)")
-    return config
+
+def base(config):
+    """The plain Transformer baseline: no relational memory, no conditional layer norm."""
+    config.model.use_memory = False

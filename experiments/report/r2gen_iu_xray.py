@@ -8,7 +8,9 @@ Smoke: add :runlocal
 Result: not measured here (the dataset is not distributed with the code).
 """
 
+from experiments.report.r2gen_cxr import base
 from mlx_research.train.config import default_config
+from mlx_research.train.presets import apply_presets, runlocal
 
 
 # R2Gen's run scripts: epochs, training studies, seed.
@@ -40,19 +42,15 @@ def r2gen_config(dataset: str, arg: str | None = None):
                         rm_d_model=512)
     config.data.update(dataset=dataset, root="", resize=256, crop=224, hflip=True)
     config.evals.report.update(every_steps=2000, split="test", batch_size=16, beam_size=3)
+    return apply_presets(config, arg, {"base": base, "runlocal": _runlocal},
+                         f"r2gen_{dataset}.py")
 
-    for item in filter(None, (arg or "").split(",")):
-        if item == "base":
-            config.model.use_memory = False
-        elif item == "runlocal":
-            config.total_steps, config.log_every = 4, 2
-            config.checkpoint.every_steps = 4
-            config.batch_size = 2
-            config.model.update(backbone="small_cnn", norm="batch", d_model=32, d_ff=32,
-                                num_heads=2, num_layers=1, rm_num_heads=2, rm_d_model=32)
-            config.optim.lr_multipliers = ()
-            config.data.update(resize=64, crop=56)
-            config.evals.report.update(every_steps=4, batch_size=2, beam_size=2)
-        else:
-            raise ValueError(f"r2gen_{dataset}.py: unknown preset {item!r} (known: base, runlocal)")
-    return config
+
+def _runlocal(config):
+    """A few steps of a tiny model on small images (a smoke test of a real folder)."""
+    runlocal(4, batch_size=2, beam_size=2)(config)
+    config.batch_size = 2
+    config.model.update(backbone="small_cnn", norm="batch", d_model=32, d_ff=32, num_heads=2,
+                        num_layers=1, rm_num_heads=2, rm_d_model=32)
+    config.optim.lr_multipliers = ()
+    config.data.update(resize=64, crop=56)

@@ -9,6 +9,7 @@ Result:  token accuracy 1.0000, sequence accuracy 1.0000 (512 held-out sequences
 """
 
 from mlx_research.train.config import default_config
+from mlx_research.train.presets import apply_presets, runlocal
 
 
 def get_config(arg: str | None = None):
@@ -34,21 +35,6 @@ def get_config(arg: str | None = None):
     )
     config.data.update(task="reverse", vocab_size=16, min_len=4, max_len=12)
     config.evals.decode.every_steps = 500
-
-    for item in filter(None, (arg or "").split(",")):
-        if item == "runlocal":
-            config.total_steps, config.log_every = 20, 5
-            config.checkpoint.every_steps = 10
-            config.evals.decode.update(every_steps=10, num_examples=64, batch_size=32)
-        elif "=" in item:
-            key, value = item.split("=", 1)
-            if key not in config.data:
-                raise ValueError(
-                    f"reverse.py: unknown preset key {key!r} (data fields: {list(config.data)})"
-                )
-            config.data[key] = type(config.data[key])(value)
-        else:
-            raise ValueError(
-                f"reverse.py: unknown preset {item!r} (known: runlocal, <data field>=<value>)"
-            )
-    return config
+    presets = {"runlocal": runlocal(20, log_every=5, checkpoint_every=10, eval_every=10,
+                                    num_examples=64, batch_size=32)}
+    return apply_presets(config, arg, presets, __file__, overrides="data")
