@@ -1,6 +1,7 @@
 """The interface between a model family and the generic trainer.
 
-A task owns what is specific to a problem: its config fields (`model`, `data`, `eval`), the model,
+A task owns what is specific to a problem: its config fields (`model`, `data`, `eval`; the `model`
+fields declared on the model's dataclasses, see `mlx_research.config_fields`), the model,
 the training data and its augmentation, the loss and the evaluators. The trainer owns everything
 else (state, optimizer, sharding, the jitted steps, checkpoints, metrics). `loss` and every
 evaluator's `predict` run inside jitted steps and must be pure functions of arrays.
@@ -15,30 +16,44 @@ import jax
 import ml_collections
 import numpy as np
 
+from mlx_research.config_checks import check_model_config, model_config
 from mlx_research.evaluation.base import Evaluator
 
 Batch = Mapping[str, Any]
 
 
 class Task:
-    """Base class; subclasses set `self.model` in `__init__` and implement the abstract methods."""
+    """Base class; subclasses set `model_parts`, build `self.model` in `__init__` (with
+    `config_checks.from_config`) and implement the abstract methods.
 
+    Attributes:
+      model_parts: the dataclasses whose `config_fields` make up ``config.model``: the model,
+        then e.g. its criterion and postprocess.
+      model: the model.
+    """
+
+    model_parts: tuple[type, ...] = ()
     model: nn.Module
 
     def __init__(self, config: ml_collections.ConfigDict, dtype: Any):
         self.config = config
         self.dtype = dtype
 
-    @staticmethod
-    def default_config() -> ml_collections.ConfigDict:
-        """The task's fields: a ConfigDict with `model`, `data` and `eval` sub-dicts (`data` and
-        `eval` are merged into the trainer's `data.num_workers` / `eval.batch_size`)."""
-        raise NotImplementedError
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        """The task's fields: here `model` (`model_config` of `model_parts`); subclasses add
+        `data` and `eval` sub-dicts (merged into the trainer's `data.num_workers` /
+        `eval.batch_size`) and any others."""
+        c = ml_collections.ConfigDict()
+        c.model = model_config(*cls.model_parts)
+        return c
 
-    @staticmethod
-    def validate_config(config: ml_collections.ConfigDict) -> None:
-        """Raises mlx_research.errors.ConfigError for task-specific inconsistencies,
-        including data paths that do not exist (one line naming the key and the path)."""
+    @classmethod
+    def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+        """Raises mlx_research.errors.ConfigError for a `model` field outside its range or
+        choices; subclasses add task-specific inconsistencies, including data paths that do not
+        exist (one line naming the key and the path)."""
+        check_model_config(config, *cls.model_parts)
 
     def prepare_workdir(self, workdir: str) -> None:
         """Called once by the trainer (primary process) before training or evaluation: writes files
