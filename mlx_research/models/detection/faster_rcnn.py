@@ -67,7 +67,7 @@ class BoxHead(nn.Module):
     class-specific deltas [K, C+1, 4])."""
 
     num_classes: int
-    representation_size: int = 1024
+    representation_size: int
     dtype: Any = jnp.float32
 
     @nn.compact

@@ -62,7 +62,7 @@ class LayerLoss(NamedTuple):
 
 
 def hungarian_match(cost: jax.Array, target_valid: jax.Array,
-                    method: str = "device") -> tuple[jax.Array, jax.Array]:
+                    method: str) -> tuple[jax.Array, jax.Array]:
     """Exact min-cost matching of queries to the valid targets, per image (any leading dims).
 
     Args:
@@ -81,9 +81,8 @@ def hungarian_match(cost: jax.Array, target_valid: jax.Array,
 
 
 def set_criterion(logits: jax.Array, boxes: jax.Array, target_boxes: jax.Array,
-                  target_labels: jax.Array, target_valid: jax.Array,
-                  weights: CriterionWeights = CriterionWeights(), method: str = "device",
-                  groups: int = 1) -> tuple[jax.Array, LayerLoss]:
+                  target_labels: jax.Array, target_valid: jax.Array, weights: CriterionWeights,
+                  method: str, groups: int = 1) -> tuple[jax.Array, LayerLoss]:
     """DETR's loss with auxiliary losses: every layer matched and scored, weighted, summed.
 
     With ``groups = G > 1`` (Group DETR) the G * Q queries of an image are G sets of Q, each

@@ -255,9 +255,9 @@ def yolo_loss(
     predictions: YoloPredictions,
     targets: YoloTargets,
     image_hw: tuple[int, int],
-    lambda_coord: float = 5.0,
-    lambda_noobj: float = 0.5,
-    conf_target: str = "iou",
+    lambda_coord: float,
+    lambda_noobj: float,
+    conf_target: str,
 ) -> dict[str, jax.Array]:
     """The YOLO v1 sum-squared-error loss of one image, by term (see the module docstring).
 
@@ -292,10 +292,10 @@ def decode(
     image_hw: jax.Array,
     input_hw: tuple[int, int],
     *,
-    score_thresh: float = 0.01,
-    nms_thresh: float = 0.5,
-    pre_nms_top_k: int = 1000,
-    detections_per_img: int = 100,
+    score_thresh: float,
+    nms_thresh: float,
+    pre_nms_top_k: int,
+    detections_per_img: int,
 ) -> dict[str, jax.Array]:
     """Detections of one image.
 
