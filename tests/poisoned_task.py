@@ -21,9 +21,9 @@ class PoisonedSource:
 
 
 class Task(seq2seq.Task):
-    @staticmethod
-    def default_config():
-        config = seq2seq.Task.default_config()
+    @classmethod
+    def default_config(cls):
+        config = super().default_config()
         config.poison_index = -1
         return config
 

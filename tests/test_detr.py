@@ -15,7 +15,7 @@ from mlx_research.data.detection_transforms import DetectionTransform
 from mlx_research.data.shapes import SyntheticShapes
 from mlx_research.errors import ConfigError
 from mlx_research.models.detection.detr import feature_mask, postprocess
-from mlx_research.models.detection.set_criterion import set_criterion
+from mlx_research.models.detection.set_criterion import CriterionWeights, set_criterion
 from mlx_research.testing import run_with_devices
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.trainer import Trainer
@@ -192,8 +192,9 @@ def test_query_groups_give_the_mean_of_each_groups_loss():
     valid = np.array([[True, True, False], [False] * 3, [True] * 3])
     cxcywh = np.concatenate([(xyxy[..., :2] + xyxy[..., 2:]) / 2, xyxy[..., 2:] - xyxy[..., :2]],
                             -1).astype(np.float32)
-    total, _ = jax.jit(set_criterion, static_argnames="groups")(
-        logits, boxes, cxcywh, labels, valid, groups=groups)
+    total, _ = jax.jit(set_criterion, static_argnames=("weights", "method", "groups"))(
+        logits, boxes, cxcywh, labels, valid, weights=CriterionWeights(), method="device",
+        groups=groups)
     per_group = [reference_loss(logits[:, :, g * queries:(g + 1) * queries],
                                 boxes[:, :, g * queries:(g + 1) * queries], xyxy, labels, valid,
                                 np.ones((batch, 2)))[0] for g in range(groups)]

@@ -18,7 +18,7 @@ PACKAGE = "mlx_research"
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 
 LAYERS = (  # lowest first; the first part of a module's name below mlx_research/
-    (PACKAGE, "errors", "tree", "prng", "config_checks", "testing"),
+    (PACKAGE, "errors", "tree", "prng", "config_fields", "config_checks", "testing"),
     ("ops", "nn", "losses", "data", "parallel"),
     ("models", "tools"),
     ("evaluation",),
@@ -27,6 +27,7 @@ LAYERS = (  # lowest first; the first part of a module's name below mlx_research
 )
 LATERAL = {  # (importer, imported) within one layer
     ("config_checks", "errors"): "a failed check raises ConfigError",
+    ("config_checks", "config_fields"): "config.model is built from the declared config fields",
     ("nn", "parallel"): "nn.pipelined runs its layers with parallel.pipeline",
 }
 FORBIDDEN = {  # (importer, imported) although the imported package lies lower

@@ -175,7 +175,9 @@ def test_responsible_predictor_is_the_best_overlap_and_gets_no_gradient_from_the
     responsible, iou = jax.jit(responsible_predictors, static_argnums=2)(preds, targets, HW)
     assert np.flatnonzero(np.asarray(responsible).ravel()).tolist() == [(0 * S + 1) * B + 1]
     assert float(iou[0, 1, 1]) > float(iou[0, 1, 0])
-    grads = jax.jit(jax.grad(lambda p: sum(yolo_loss(p, targets, HW).values())))(preds)
+    loss = functools.partial(yolo_loss, image_hw=HW, lambda_coord=5.0, lambda_noobj=0.5,
+                             conf_target="iou")
+    grads = jax.jit(jax.grad(lambda p: sum(loss(p, targets).values())))(preds)
     t = np.array([0.5, 0.5, 0.5, 0.5])
     # d/dp of 5 * |p - t|^2 only: the IoU-based choice and the IoU target carry no gradient.
     np.testing.assert_allclose(grads.boxes[0, 1, 1], 2 * 5.0 * (boxes[0, 1, 1] - t), rtol=1e-5)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mlx_research.config_fields import config_field
 from mlx_research.models.decoding import (
     DecodeState,
     Step,
@@ -40,20 +41,35 @@ class Seq2SeqTransformer(nn.Module):
     `decode_step` decodes incrementally with a key/value cache (not with ``pipeline=True``);
     `make_step` gives it (or, pipelined, a full recomputation) to
     `mlx_research.models.decoding.search`.
+
+    Attributes:
+      vocab_size: token ids ``0 .. vocab_size - 1``, shared by inputs and targets.
+      d_model: model width.
+      nhead: attention heads.
+      num_encoder_layers, num_decoder_layers: layers.
+      dim_feedforward: FFN hidden size.
+      dropout: dropout rate.
+      norm_first: pre-LN (True) or post-LN (False) blocks.
+      pad_id: padding token id.
+      pipeline: stacked layers run as a GPipe pipeline over mesh axis "stage".
+      pipeline_microbatches: GPipe micro-batches per (data-parallel) batch.
+      attention_implementation: attention without weight dropout (dropout 0 or evaluation):
+        "xla" | "cudnn" (GPU).
+      dtype: computation dtype.
     """
 
     vocab_size: int
-    d_model: int = 128
-    nhead: int = 4
-    num_encoder_layers: int = 2
-    num_decoder_layers: int = 2
-    dim_feedforward: int = 512
-    dropout: float = 0.1
-    norm_first: bool = True
+    d_model: int = config_field(128, low=1)
+    nhead: int = config_field(4, low=1)
+    num_encoder_layers: int = config_field(2, low=1)
+    num_decoder_layers: int = config_field(2, low=1)
+    dim_feedforward: int = config_field(512, low=1)
+    dropout: float = config_field(0.1, low=0, high=0.99)
+    norm_first: bool = config_field(True)
     pad_id: int = 0
-    pipeline: bool = False
-    pipeline_microbatches: int = 1
-    attention_implementation: str = "xla"
+    pipeline: bool = config_field(False)
+    pipeline_microbatches: int = config_field(1, low=1)
+    attention_implementation: str = config_field("xla", choices=("xla", "cudnn"))
     dtype: Any = jnp.float32
 
     def setup(self):

@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlx_research.config_fields import config_field
 from mlx_research.models.backbone import Backbone
 from mlx_research.nn.position import LearnedPositionEmbedding, sine_position_encoding_2d
 from mlx_research.nn.transformer import (TransformerDecoder, TransformerDecoderLayer,
@@ -141,24 +142,25 @@ class DETR(nn.Module):
 
     Attributes:
       num_classes: object classes K (no-object excluded); the class head has K + 1 outputs.
-      num_queries: object queries Q (most objects one image can hold).
-      hidden_dim: Transformer width D (a multiple of 4: D / 2 sine features per axis).
+      backbone: "small_cnn" | "resnet18" | "resnet34" | "resnet50".
+      small_cnn_features: SmallCNN stage widths (stride 2 each).
+      feature_level: backbone map fed to the Transformer, "C<k>" (stride 2^k).
+      norm: backbone norm: "batch" | "frozen_batch" (pretrained) | "group".
+      hidden_dim: Transformer width D (a multiple of nhead and of 4: D / 2 sine features per
+        axis).
       nhead: attention heads.
       num_encoder_layers: encoder layers.
       num_decoder_layers: decoder layers L (each one's output is scored).
       dim_feedforward: FFN width.
       dropout: Transformer dropout.
       pre_norm: pre-LN layers (DETR's ``--pre_norm``) instead of post-LN.
-      backbone: "small_cnn" | "resnet18" | "resnet34" | "resnet50".
-      feature_level: backbone map used, "C<k>" (stride 2^k).
-      small_cnn_features: SmallCNN stage widths.
-      norm: backbone norm ("batch", "frozen_batch", "group").
-      pos_temperature: wavelength base of the sine positions (DETR: 10000).
+      pos_temperature: wavelength base of the sine positions (DETR's temperature, 10000).
       pos_scale: range of the normalised positions (DETR: 2 pi, one period of the fastest
         feature across the map; larger values add finer position features).
+      num_queries: object queries Q: most detections per image.
       spatial_prior: SMCA's Gaussian-like cross-attention prior around learned reference points,
         box centres predicted relative to them (``SpatiallyModulatedDecoder``); not in DETR.
-      spatial_prior_beta: the prior's bandwidth.
+      spatial_prior_beta: the prior's bandwidth (larger = wider attention windows).
       query_groups: Group DETR (Chen et al. 2023): G groups of ``num_queries`` queries that
         attend only within their group; each group is matched to the targets on its own
         (one-to-one within a group, G positives per object). Outputs hold all G * Q queries,
@@ -167,23 +169,23 @@ class DETR(nn.Module):
     """
 
     num_classes: int
-    num_queries: int = 100
-    hidden_dim: int = 256
-    nhead: int = 8
-    num_encoder_layers: int = 6
-    num_decoder_layers: int = 6
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    pre_norm: bool = False
-    backbone: str = "resnet50"
-    feature_level: str = "C5"
-    small_cnn_features: Sequence[int] = (32, 64, 128)
-    norm: str = "batch"
-    pos_temperature: float = 10000.0
-    pos_scale: float = 2 * math.pi
-    spatial_prior: bool = False
-    spatial_prior_beta: float = 1.0
-    query_groups: int = 1
+    backbone: str = config_field("resnet50")
+    small_cnn_features: Sequence[int] = config_field((32, 64, 128))
+    feature_level: str = config_field("C5")
+    norm: str = config_field("batch")
+    hidden_dim: int = config_field(256, low=4)
+    nhead: int = config_field(8, low=1)
+    num_encoder_layers: int = config_field(6, low=0)
+    num_decoder_layers: int = config_field(6, low=1)
+    dim_feedforward: int = config_field(2048, low=1)
+    dropout: float = config_field(0.1, low=0, high=0.99)
+    pre_norm: bool = config_field(False)
+    pos_temperature: float = config_field(10000.0, low=1)
+    pos_scale: float = config_field(2 * math.pi, low=0)
+    num_queries: int = config_field(100, low=1)
+    spatial_prior: bool = config_field(False)
+    spatial_prior_beta: float = config_field(1.0, low=1e-6)
+    query_groups: int = config_field(1, low=1)
     dtype: Any = jnp.float32
 
     @nn.compact

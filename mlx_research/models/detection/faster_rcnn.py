@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlx_research.config_fields import config_field
 from mlx_research.models.backbone import Backbone
 from mlx_research.models.detection import rcnn
 from mlx_research.models.detection.interface import DetectionTargets
@@ -66,7 +67,7 @@ class BoxHead(nn.Module):
     class-specific deltas [K, C+1, 4])."""
 
     num_classes: int
-    representation_size: int = 1024
+    representation_size: int
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -114,12 +115,13 @@ class FasterRCNN(nn.Module):
     Attributes:
         num_classes: object classes K (background excluded).
         backbone: "small_cnn" | "resnet18" | "resnet34" | "resnet50".
+        small_cnn_features: SmallCNN stage widths (stride 2 each).
         feature_levels: backbone maps used ("C3", ... finest first); without FPN exactly one.
-        small_cnn_features: channels of SmallCNN's stages.
         fpn: feature pyramid over `feature_levels` (+ a max-pooled extra level).
         fpn_channels: FPN width.
-        norm: backbone norm ("batch", "frozen_batch", "group").
-        anchor_sizes: anchor sizes in pixels, one tuple per level (every level as many).
+        norm: backbone norm: "batch" | "frozen_batch" (pretrained) | "group".
+        anchor_sizes: anchor sizes in pixels, one tuple per pyramid level, every level as many
+            (torchvision: 32..512, one per level).
         aspect_ratios: anchor h / w, one tuple per level (every level as many).
         rpn_fg_iou, rpn_bg_iou: anchor matching thresholds.
         rpn_batch_size_per_image, rpn_positive_fraction: anchors sampled per image.
@@ -130,38 +132,39 @@ class FasterRCNN(nn.Module):
         rpn_min_size: proposals smaller than this (pixels) are dropped.
         box_fg_iou, box_bg_iou: RoI matching thresholds.
         box_batch_size_per_image, box_positive_fraction: RoIs sampled per image.
-        roi_output_size: pooled RoI size (the box head's input is that squared x channels).
+        roi_output_size: pooled RoI size of RoI Align (the box head's input is that squared x
+            channels).
         sampling_ratio: RoI Align sampling points per bin and axis.
         representation_size: box head MLP width.
         dtype: computation dtype.
     """
 
     num_classes: int
-    backbone: str = "small_cnn"
-    feature_levels: Sequence[str] = ("C3",)
-    small_cnn_features: Sequence[int] = (32, 64, 128)
-    fpn: bool = False
-    fpn_channels: int = 256
-    norm: str = "batch"
-    anchor_sizes: Sequence[Sequence[float]] = ((16, 32, 64),)
-    aspect_ratios: Sequence[Sequence[float]] = ((0.5, 1.0, 2.0),)
-    rpn_fg_iou: float = 0.7
-    rpn_bg_iou: float = 0.3
-    rpn_batch_size_per_image: int = 256
-    rpn_positive_fraction: float = 0.5
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_test: int = 1000
-    rpn_nms_thresh: float = 0.7
-    rpn_min_size: float = 1e-3
-    box_fg_iou: float = 0.5
-    box_bg_iou: float = 0.5
-    box_batch_size_per_image: int = 512
-    box_positive_fraction: float = 0.25
-    roi_output_size: int = 7
-    sampling_ratio: int = 2
-    representation_size: int = 1024
+    backbone: str = config_field("small_cnn")
+    small_cnn_features: Sequence[int] = config_field((32, 64, 128))
+    feature_levels: Sequence[str] = config_field(("C3",))
+    fpn: bool = config_field(False)
+    fpn_channels: int = config_field(256, low=1)
+    norm: str = config_field("batch")
+    anchor_sizes: Sequence[Sequence[float]] = config_field(((16, 32, 64),))
+    aspect_ratios: Sequence[Sequence[float]] = config_field(((0.5, 1.0, 2.0),))
+    rpn_fg_iou: float = config_field(0.7, low=0, high=1)
+    rpn_bg_iou: float = config_field(0.3, low=0, high=1)
+    rpn_batch_size_per_image: int = config_field(256, low=1)
+    rpn_positive_fraction: float = config_field(0.5, low=0, high=1)
+    rpn_pre_nms_top_n_train: int = config_field(2000, low=1)
+    rpn_post_nms_top_n_train: int = config_field(2000, low=1)
+    rpn_pre_nms_top_n_test: int = config_field(1000, low=1)
+    rpn_post_nms_top_n_test: int = config_field(1000, low=1)
+    rpn_nms_thresh: float = config_field(0.7, low=0, high=1)
+    rpn_min_size: float = config_field(1e-3)
+    box_fg_iou: float = config_field(0.5, low=0, high=1)
+    box_bg_iou: float = config_field(0.5, low=0, high=1)
+    box_batch_size_per_image: int = config_field(512, low=1)
+    box_positive_fraction: float = config_field(0.25, low=0, high=1)
+    roi_output_size: int = config_field(7, low=1)
+    sampling_ratio: int = config_field(2, low=1)
+    representation_size: int = config_field(1024, low=1)
     dtype: Any = jnp.float32
 
     def setup(self):
@@ -299,19 +302,19 @@ class FasterRCNNCriterion:
 class FasterRCNNPostprocess:
     """torchvision's `RoIHeads.postprocess_detections` (see `rcnn.detect`).
 
-    Attributes:
-      score_thresh: detections need a class score above it.
-      nms_thresh: per-class NMS IoU.
-      detections_per_img: D, the fixed number of outputs.
+    Attributes (torchvision's `FasterRCNN` arguments):
+      box_score_thresh: detections need a class score above it.
+      box_nms_thresh: per-class NMS IoU.
+      box_detections_per_img: D, the fixed number of outputs.
     """
 
-    score_thresh: float = 0.05
-    nms_thresh: float = 0.5
-    detections_per_img: int = 100
+    box_score_thresh: float = config_field(0.05, low=0, high=1)
+    box_nms_thresh: float = config_field(0.5, low=0, high=1)
+    box_detections_per_img: int = config_field(100, low=1)
 
     def __call__(self, outputs: FasterRCNNOutputs, image_hw: jax.Array) -> dict[str, jax.Array]:
         """Detections [B, D] (see `interface`) of the proposals' class scores and boxes."""
         return jax.vmap(functools.partial(
-            rcnn.detect, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
-            detections_per_img=self.detections_per_img,
+            rcnn.detect, score_thresh=self.box_score_thresh, nms_thresh=self.box_nms_thresh,
+            detections_per_img=self.box_detections_per_img,
         ))(outputs.class_logits, outputs.box_deltas, outputs.rois, outputs.roi_valid, image_hw)

@@ -64,10 +64,10 @@ def sample_anchors(
     gt_boxes: jax.Array,
     gt_valid: jax.Array,
     *,
-    fg_iou: float = 0.7,
-    bg_iou: float = 0.3,
-    batch_size_per_image: int = 256,
-    positive_fraction: float = 0.5,
+    fg_iou: float,
+    bg_iou: float,
+    batch_size_per_image: int,
+    positive_fraction: float,
 ) -> SampledAnchors:
     """Matches the anchors [A, 4] to the ground truth (with low-quality matches) and samples
     `batch_size_per_image` of them at `positive_fraction` foreground."""
@@ -97,8 +97,8 @@ def propose(
     *,
     pre_nms_top_n: int,
     post_nms_top_n: int,
-    nms_thresh: float = 0.7,
-    min_size: float = 1e-3,
+    nms_thresh: float,
+    min_size: float,
 ) -> tuple[jax.Array, jax.Array]:
     """Region proposals of one image: the top `pre_nms_top_n` anchors of every level by
     objectness, decoded and clipped, small boxes dropped, NMS within each level, the best
@@ -136,10 +136,10 @@ def sample_rois(
     gt_labels: jax.Array,
     gt_valid: jax.Array,
     *,
-    fg_iou: float = 0.5,
-    bg_iou: float = 0.5,
-    batch_size_per_image: int = 512,
-    positive_fraction: float = 0.25,
+    fg_iou: float,
+    bg_iou: float,
+    batch_size_per_image: int,
+    positive_fraction: float,
 ) -> SampledRois:
     """Appends the ground-truth boxes to the proposals, matches them to the ground truth and
     samples `batch_size_per_image` RoIs at `positive_fraction` foreground (static shape: the
@@ -183,9 +183,9 @@ def detect(
     roi_valid: jax.Array,
     image_hw: jax.Array,
     *,
-    score_thresh: float = 0.05,
-    nms_thresh: float = 0.5,
-    detections_per_img: int = 100,
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_img: int,
     min_size: float = 1e-2,
 ) -> dict[str, jax.Array]:
     """Final detections of one image from its RoIs' class scores and class-specific boxes:

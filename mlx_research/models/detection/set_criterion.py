@@ -25,22 +25,30 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mlx_research.config_fields import config_field
 from mlx_research.models.detection.detr import DetrOutputs
 from mlx_research.models.detection.interface import DetectionTargets
 from mlx_research.ops.boxes import box_convert, generalized_box_iou
-from mlx_research.ops.matching import matcher
+from mlx_research.ops.matching import MATCHERS, matcher
 
 
-class CriterionWeights(NamedTuple):
-    """DETR's matching costs and loss weights (``--set_cost_*``, ``--*_loss_coef``)."""
+@dataclasses.dataclass(frozen=True)
+class CriterionWeights:
+    """DETR's matching costs and loss weights (``--set_cost_*``, ``--*_loss_coef``).
 
-    cost_class: float = 1.0
-    cost_bbox: float = 5.0
-    cost_giou: float = 2.0
-    loss_ce: float = 1.0
-    loss_bbox: float = 5.0
-    loss_giou: float = 2.0
-    eos_coef: float = 0.1
+    Attributes:
+      cost_class, cost_bbox, cost_giou: matching cost weights.
+      loss_ce, loss_bbox, loss_giou: loss weights.
+      eos_coef: class weight of "no object" in the cross-entropy.
+    """
+
+    cost_class: float = config_field(1.0, low=0)
+    cost_bbox: float = config_field(5.0, low=0)
+    cost_giou: float = config_field(2.0, low=0)
+    loss_ce: float = config_field(1.0, low=0)
+    loss_bbox: float = config_field(5.0, low=0)
+    loss_giou: float = config_field(2.0, low=0)
+    eos_coef: float = config_field(0.1, low=0)
 
 
 class LayerLoss(NamedTuple):
@@ -54,7 +62,7 @@ class LayerLoss(NamedTuple):
 
 
 def hungarian_match(cost: jax.Array, target_valid: jax.Array,
-                    method: str = "device") -> tuple[jax.Array, jax.Array]:
+                    method: str) -> tuple[jax.Array, jax.Array]:
     """Exact min-cost matching of queries to the valid targets, per image (any leading dims).
 
     Args:
@@ -73,9 +81,8 @@ def hungarian_match(cost: jax.Array, target_valid: jax.Array,
 
 
 def set_criterion(logits: jax.Array, boxes: jax.Array, target_boxes: jax.Array,
-                  target_labels: jax.Array, target_valid: jax.Array,
-                  weights: CriterionWeights = CriterionWeights(), method: str = "device",
-                  groups: int = 1) -> tuple[jax.Array, LayerLoss]:
+                  target_labels: jax.Array, target_valid: jax.Array, weights: CriterionWeights,
+                  method: str, groups: int = 1) -> tuple[jax.Array, LayerLoss]:
     """DETR's loss with auxiliary losses: every layer matched and scored, weighted, summed.
 
     With ``groups = G > 1`` (Group DETR) the G * Q queries of an image are G sets of Q, each
@@ -161,15 +168,15 @@ class DetrCriterion:
 
     Attributes:
       weights: matching costs, loss weights and the no-object class weight.
-      matcher: "device" | "scipy".
-      query_groups: G (Group DETR; 1 = DETR).
       aux_loss: score every decoder layer (False: the last only).
+      matcher: "device" (optax Hungarian in the step) | "scipy" (``pure_callback``).
+      query_groups: G, the model's (Group DETR; 1 = DETR).
     """
 
     weights: CriterionWeights = CriterionWeights()
-    matcher: str = "device"
+    aux_loss: bool = config_field(True)
+    matcher: str = config_field("device", choices=MATCHERS)
     query_groups: int = 1
-    aux_loss: bool = True
 
     def __call__(
         self, outputs: DetrOutputs, targets: DetectionTargets

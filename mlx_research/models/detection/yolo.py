@@ -51,6 +51,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlx_research.config_fields import config_field
 from mlx_research.models.backbone import Backbone
 from mlx_research.models.detection.interface import DetectionTargets
 from mlx_research.nn.normalization import get_norm
@@ -93,35 +94,37 @@ class YOLOv1(nn.Module):
 
     Attributes:
       num_classes: C, object classes (background excluded).
-      grid_size: S; the backbone map's side must equal S or be a multiple of it (average-pooled).
-      boxes_per_cell: B.
       backbone: "small_cnn" | "resnet18" | "resnet34" | "resnet50".
-      small_cnn_features: channels of SmallCNN's stages (stride 2 each).
-      feature_level: backbone map used ("C4" = stride 16, ...).
-      norm: backbone norm ("batch", "frozen_batch", "group").
+      small_cnn_features: SmallCNN stage widths (stride 2 each).
+      feature_level: backbone map under the head ("C4" = stride 16, ...).
+      norm: backbone norm: "batch" | "frozen_batch" (pretrained) | "group".
+      grid_size: S: S x S cells; the backbone map's side must equal S or be a multiple of it
+        (average-pooled).
+      boxes_per_cell: B: predictors per cell.
       head_convs: 3x3 conv - norm - leaky ReLU layers on the backbone map.
       head_channels: their width.
       head_norm: "batch" | "none" (the paper has no normalisation).
-      head: "conv" (1x1 conv per cell) | "fc" (flatten, Dense(fc_hidden), dropout, Dense).
+      head: "conv" (1x1 conv per cell) | "fc" (paper: flatten, Dense(fc_hidden), dropout, Dense).
       fc_hidden: hidden width of the "fc" head (paper: 4096).
       dropout: dropout rate of the "fc" head (paper: 0.5).
-      output_activation: "sigmoid" (sigmoid boxes/confidence, softmax classes) | "linear" (paper).
+      output_activation: "sigmoid" (sigmoid on x, y, sqrt w/h and confidence, softmax on the
+        classes) | "linear" (paper).
     """
 
     num_classes: int
-    grid_size: int = 7
-    boxes_per_cell: int = 2
-    backbone: str = "small_cnn"
-    small_cnn_features: Sequence[int] = (32, 64, 128, 256)
-    feature_level: str = "C4"
-    norm: str = "batch"
-    head_convs: int = 2
-    head_channels: int = 256
-    head_norm: str = "batch"
-    head: str = "conv"
-    fc_hidden: int = 4096
-    dropout: float = 0.5
-    output_activation: str = "sigmoid"
+    backbone: str = config_field("small_cnn")
+    small_cnn_features: Sequence[int] = config_field((32, 64, 128, 256))
+    feature_level: str = config_field("C4")
+    norm: str = config_field("batch")
+    grid_size: int = config_field(7, low=1)
+    boxes_per_cell: int = config_field(2, low=1)
+    head_convs: int = config_field(2, low=0)
+    head_channels: int = config_field(256, low=1)
+    head_norm: str = config_field("batch", choices=("batch", "none"))
+    head: str = config_field("conv", choices=("conv", "fc"))
+    fc_hidden: int = config_field(4096, low=1)
+    dropout: float = config_field(0.5, low=0, high=1)
+    output_activation: str = config_field("sigmoid", choices=("sigmoid", "linear"))
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -252,9 +255,9 @@ def yolo_loss(
     predictions: YoloPredictions,
     targets: YoloTargets,
     image_hw: tuple[int, int],
-    lambda_coord: float = 5.0,
-    lambda_noobj: float = 0.5,
-    conf_target: str = "iou",
+    lambda_coord: float,
+    lambda_noobj: float,
+    conf_target: str,
 ) -> dict[str, jax.Array]:
     """The YOLO v1 sum-squared-error loss of one image, by term (see the module docstring).
 
@@ -289,10 +292,10 @@ def decode(
     image_hw: jax.Array,
     input_hw: tuple[int, int],
     *,
-    score_thresh: float = 0.01,
-    nms_thresh: float = 0.5,
-    pre_nms_top_k: int = 1000,
-    detections_per_img: int = 100,
+    score_thresh: float,
+    nms_thresh: float,
+    pre_nms_top_k: int,
+    detections_per_img: int,
 ) -> dict[str, jax.Array]:
     """Detections of one image.
 
@@ -337,15 +340,15 @@ class YoloCriterion:
 
     Attributes:
       input_hw: (H, W) of the network input in pixels.
-      lambda_coord: weight of the coordinate terms.
-      lambda_noobj: weight of the confidence of non-responsible predictors.
-      conf_target: "iou" (paper) | "one".
+      lambda_coord: weight of the coordinate terms (paper: 5).
+      lambda_noobj: weight of the confidence of non-responsible predictors (paper: 0.5).
+      conf_target: confidence target of the responsible box: "iou" (paper) | "one".
     """
 
     input_hw: tuple[int, int]
-    lambda_coord: float = 5.0
-    lambda_noobj: float = 0.5
-    conf_target: str = "iou"
+    lambda_coord: float = config_field(5.0, low=0)
+    lambda_noobj: float = config_field(0.5, low=0)
+    conf_target: str = config_field("iou", choices=("iou", "one"))
 
     def __call__(
         self, outputs: YoloPredictions, targets: DetectionTargets
@@ -371,14 +374,17 @@ class YoloPostprocess:
 
     Attributes:
       input_hw: (H, W) of the network input in pixels.
-      score_thresh, nms_thresh, pre_nms_top_k, detections_per_img: as in `decode`.
+      score_thresh: candidates need a class-specific score conf * p(class) above it.
+      nms_thresh: class-wise NMS IoU.
+      pre_nms_top_k: the best candidates (box x class) entering NMS.
+      detections_per_img: D, the fixed number of detections (valid mask).
     """
 
     input_hw: tuple[int, int]
-    score_thresh: float = 0.01
-    nms_thresh: float = 0.5
-    pre_nms_top_k: int = 1000
-    detections_per_img: int = 100
+    score_thresh: float = config_field(0.01, low=0, high=1)
+    nms_thresh: float = config_field(0.5, low=0, high=1)
+    pre_nms_top_k: int = config_field(1000, low=1)
+    detections_per_img: int = config_field(100, low=1)
 
     def __call__(self, outputs: YoloPredictions, image_hw: jax.Array) -> dict[str, jax.Array]:
         """Detections [B, D] (see `interface`), clipped to each image's valid region."""

@@ -128,10 +128,10 @@ class AbnormalMemory(nn.Module):
       dtype: computation dtype.
     """
 
-    memory_size: int = -1
-    num_heads: int = 8
-    dropout: float = 0.1
-    matcher: str = "device"
+    memory_size: int
+    num_heads: int
+    dropout: float
+    matcher: str
     dtype: Dtype = jnp.float32
 
     @nn.compact

@@ -46,6 +46,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlx_research.config_fields import config_field
 from mlx_research.models.decoding import Step, cached_step
 from mlx_research.models.report.alignment import masked_mean, sequence_mask
 from mlx_research.models.report.r2gen import R2Gen
@@ -114,11 +115,12 @@ class MKMIA(R2Gen):
         of tuples so that the module stays hashable; required with ``use_dictionary``.
       knowledge_organs: ``[K]`` organ (dictionary key) index of each phrase.
       knowledge_fields: ``[K]`` field index of each phrase (`KNOWLEDGE_FIELDS`).
-      use_dictionary: fuse the dictionary entries into the visual tokens.
-      use_history: fuse the prior report's tokens into the visual tokens.
-      alignment: "multilevel" | "coarse" (both output the alignment embeddings; the task picks the
-        losses) | "none".
-      knowledge_layers: Transformer layers of the text encoder (0: embeddings only).
+      use_dictionary: fuse the knowledge dictionary's phrases into the visual tokens (MK).
+      use_history: fuse the patient's prior report's tokens into the visual tokens (HK).
+      alignment: "multilevel" (coarse + fine) | "coarse" (both output the alignment embeddings;
+        the task picks the losses) | "none".
+      knowledge_layers: Transformer layers of the text encoder of the dictionary, prior and
+        report (0: embeddings only).
       align_dim: width A of the alignment embeddings.
       eos_id: end-of-sequence id (text sequences are read up to it).
     """
@@ -126,11 +128,11 @@ class MKMIA(R2Gen):
     knowledge_tokens: tuple[tuple[int, ...], ...] = ()
     knowledge_organs: tuple[int, ...] = ()
     knowledge_fields: tuple[int, ...] = ()
-    use_dictionary: bool = True
-    use_history: bool = True
-    alignment: str = "multilevel"
-    knowledge_layers: int = 1
-    align_dim: int = 64
+    use_dictionary: bool = config_field(True)
+    use_history: bool = config_field(True)
+    alignment: str = config_field("multilevel", choices=ALIGNMENTS)
+    knowledge_layers: int = config_field(1, low=0)
+    align_dim: int = config_field(64, low=1)
     eos_id: int = 2
 
     def setup(self) -> None:

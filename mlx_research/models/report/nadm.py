@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mlx_research.config_fields import config_field
 from mlx_research.losses.weighting import uncertainty_weighted_sum
 from mlx_research.models.decoding import Step, cached_step
 from mlx_research.models.report.abnormal_memory import AbnormalMemory
@@ -210,14 +211,18 @@ class NADM(R2Gen):
     """NADM on R2Gen: images ``[B, V, H, W, C]`` and decoder inputs ``[B, T]`` -> outputs dict.
 
     Attributes (besides `R2Gen`'s; its ``use_memory`` is still the decoder's relational memory):
-      abnormal_memory: use the abnormal memory (`AbnormalMemory`) and ``L_m``.
-      memory_size: memory entries; -1 = twice the patch features per image.
-      matcher: "device" | "scipy" (`mlx_research.ops.matching.linear_sum_assignment`).
+      abnormal_memory: use the abnormal-pattern memory (`AbnormalMemory`) and ``L_m`` (False:
+        the no-memory ablation).
+      memory_size: memory entries; -1 = twice the patch features per image (reference 98 / 49).
+      matcher: memory matching: "device" (optax Hungarian) | "scipy" (host)
+        (`mlx_research.ops.matching.linear_sum_assignment`).
       decouple: semantic heads, semantic features and the partitioned report loss; False: R2Gen
         (with the memory if enabled) and plain token cross-entropy.
-      semantic_topk: abnormal and normal words each in the semantic features (reference 25).
+      semantic_topk: abnormal and normal words each in the semantic features fed to the decoder
+        (reference 25).
       semantic_layers: layers of each semantic head (reference 3).
-      uncertainty_form: "kendall" | "liebel" | "notes" (initial s = 0 / sigma = 1).
+      uncertainty_form: report-part weights: "kendall" | "liebel" | "notes" (initial s = 0 /
+        sigma = 1).
       report_trains_visual: the report loss reaches the visual network (the reference detaches
         the decoder's visual features; only with ``decouple``).
       num_token_tags: token tags of the report loss (NADM's 4: normal / abnormal sentence,
@@ -225,14 +230,14 @@ class NADM(R2Gen):
         the whole report.
     """
 
-    abnormal_memory: bool = True
-    memory_size: int = -1
-    matcher: str = "device"
-    decouple: bool = True
-    semantic_topk: int = 25
-    semantic_layers: int = 3
-    uncertainty_form: str = "liebel"
-    report_trains_visual: bool = False
+    abnormal_memory: bool = config_field(True)
+    memory_size: int = config_field(-1, low=-1)
+    matcher: str = config_field("device", choices=MATCHERS)
+    decouple: bool = config_field(True)
+    semantic_topk: int = config_field(25, low=1)
+    semantic_layers: int = config_field(3, low=1)
+    uncertainty_form: str = config_field("liebel", choices=UNCERTAINTY_FORMS)
+    report_trains_visual: bool = config_field(False)
     num_token_tags: int = 4
 
     def setup(self) -> None:

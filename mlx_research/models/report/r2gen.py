@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mlx_research.config_fields import config_field
 from mlx_research.models.backbone import Backbone
 from mlx_research.models.decoding import DecodeState, Step, cached_step
 from mlx_research.models.report.relational_memory import (
@@ -56,20 +57,22 @@ _TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unif
 class R2Gen(nn.Module):
     """R2Gen model: images ``[B, V, H, W, C]`` and decoder inputs ``[B, T]`` -> logits.
 
-    Attributes:
+    Attributes (defaults: R2Gen's):
       vocab_size: output classes (token ids ``0 .. vocab_size - 1``).
       max_len: longest decoder input sequence (positions).
       backbone: ``"small_cnn"``, ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``; its last
         feature map gives the patches (submodule ``backbone``, for ``init_from.prefix``).
-      small_cnn_features: stage widths of ``"small_cnn"``.
-      norm: backbone norm (``"batch"``, ``"frozen_batch"``, ``"group"``).
+      small_cnn_features: stage widths of ``"small_cnn"`` (stride 2 each).
+      norm: backbone norm: ``"batch"`` | ``"frozen_batch"`` (torchvision weights) | ``"group"``.
       d_model: Transformer width (also the relational memory's width).
       d_ff: FFN hidden width.
       num_heads: attention heads.
       num_layers: encoder and decoder layers each.
       dropout: dropout of the Transformer (embeddings, attention weights, FFN, residual branches).
-      feature_dropout: dropout after ``att_embed`` (R2Gen's ``drop_prob_lm``).
-      use_memory: relational memory + MCLN; False gives a plain pre-norm Transformer decoder.
+      feature_dropout: dropout after ``att_embed``, the patch-feature projection (R2Gen's
+        ``drop_prob_lm``).
+      use_memory: relational memory + MCLN (conditional layer norm); False gives a plain
+        pre-norm Transformer decoder.
       rm_num_slots: memory rows.
       rm_num_heads: heads of the memory attention.
       rm_d_model: memory width; must equal ``d_model`` (R2Gen concatenates tokens and memory rows).
@@ -79,19 +82,19 @@ class R2Gen(nn.Module):
 
     vocab_size: int
     max_len: int
-    backbone: str = "small_cnn"
-    small_cnn_features: Sequence[int] = (32, 64, 128)
-    norm: str = "batch"
-    d_model: int = 512
-    d_ff: int = 512
-    num_heads: int = 8
-    num_layers: int = 3
-    dropout: float = 0.1
-    feature_dropout: float = 0.5
-    use_memory: bool = True
-    rm_num_slots: int = 3
-    rm_num_heads: int = 8
-    rm_d_model: int = 512
+    backbone: str = config_field("small_cnn")
+    small_cnn_features: Sequence[int] = config_field((32, 64, 128))
+    norm: str = config_field("batch")
+    d_model: int = config_field(512, low=1)
+    d_ff: int = config_field(512, low=1)
+    num_heads: int = config_field(8, low=1)
+    num_layers: int = config_field(3, low=1)
+    dropout: float = config_field(0.1, low=0, high=0.99)
+    feature_dropout: float = config_field(0.5, low=0, high=0.99)
+    use_memory: bool = config_field(True)
+    rm_num_slots: int = config_field(3, low=1)
+    rm_num_heads: int = config_field(8, low=1)
+    rm_d_model: int = config_field(512, low=1)
     pad_id: int = 0
     dtype: Dtype = jnp.float32
 

@@ -177,7 +177,7 @@ class RelationalMemoryCell(nn.Module):
     """
 
     num_heads: int
-    dropout: float = 0.1
+    dropout: float
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -217,9 +217,9 @@ class RelationalMemory(nn.Module):
       dtype: computation dtype.
     """
 
-    num_slots: int = 3
-    num_heads: int = 8
-    dropout: float = 0.1
+    num_slots: int
+    num_heads: int
+    dropout: float
     dtype: Dtype = jnp.float32
 
     @nn.compact

@@ -1,10 +1,11 @@
 """The interface between a model family and the generic trainer.
 
-A task owns what is specific to a problem: its config fields (`model`, `data`, its default
-`evals`), the model, the training data and its augmentation, the loss and the kinds of evaluator
-it can build. The trainer owns everything else (state, optimizer, sharding, the jitted steps,
-checkpoints, metrics, when to evaluate). `loss` and every evaluator's `predict` run inside jitted
-steps and must be pure functions of arrays.
+A task owns what is specific to a problem: its config fields (`model`, declared on the model's
+dataclasses, see `mlx_research.config_fields`; `data`; its default `evals`), the model, the
+training data and its augmentation, the loss and the kinds of evaluator it can build. The
+trainer owns everything else (state, optimizer, sharding, the jitted steps, checkpoints,
+metrics, when to evaluate). `loss` and every evaluator's `predict` run inside jitted steps and
+must be pure functions of arrays.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from mlx_research.config_checks import check_model_config, model_config
 from mlx_research.evaluation.base import Evaluator
 
 Batch = Mapping[str, Any]
@@ -43,25 +45,38 @@ class EvaluatorKind:
 
 
 class Task:
-    """Base class; subclasses set `self.model` in `__init__` and implement the abstract methods."""
+    """Base class; subclasses set `model_parts`, build `self.model` in `__init__` (with
+    `config_checks.from_config`) and implement the abstract methods.
 
+    Attributes:
+      model_parts: the dataclasses whose `config_fields` make up ``config.model``: the model,
+        then e.g. its criterion and postprocess.
+      model: the model.
+    """
+
+    model_parts: tuple[type, ...] = ()
     model: nn.Module
 
     def __init__(self, config: ml_collections.ConfigDict, dtype: Any):
         self.config = config
         self.dtype = dtype
 
-    @staticmethod
-    def default_config() -> ml_collections.ConfigDict:
-        """The task's fields: a ConfigDict with `model`, `data` (merged into the trainer's
-        `data.num_workers`) and `evals`, the evaluators a run has by default, each as
-        `{"type": kind}` (or with some settings; the rest take the kind's defaults)."""
-        raise NotImplementedError
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        """The task's fields: here `model` (`model_config` of `model_parts`); subclasses add `data`
+        (merged into the trainer's `data.num_workers`) and `evals`, the evaluators a run has by
+        default, each as `{"type": kind}` (or with some settings; the rest take the kind's
+        defaults)."""
+        c = ml_collections.ConfigDict()
+        c.model = model_config(*cls.model_parts)
+        return c
 
-    @staticmethod
-    def validate_config(config: ml_collections.ConfigDict) -> None:
-        """Raises mlx_research.errors.ConfigError for task-specific inconsistencies,
-        including data paths that do not exist (one line naming the key and the path)."""
+    @classmethod
+    def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+        """Raises mlx_research.errors.ConfigError for a `model` field outside its range or
+        choices; subclasses add task-specific inconsistencies, including data paths that do not
+        exist (one line naming the key and the path)."""
+        check_model_config(config, *cls.model_parts)
 
     def prepare_workdir(self, workdir: str) -> None:
         """Called once by the trainer (primary process) before training or evaluation: writes files

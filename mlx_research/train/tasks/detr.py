@@ -20,81 +20,35 @@ CPU and "device" avoids the host round trip on accelerators.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import ml_collections
 
-from mlx_research.config_checks import check_choices, check_ranges
+from mlx_research.config_checks import from_config
 from mlx_research.errors import ConfigError
 from mlx_research.models.detection.detr import DETR, DetrPostprocess
 from mlx_research.models.detection.set_criterion import CriterionWeights, DetrCriterion
-from mlx_research.ops.matching import MATCHERS
 from mlx_research.train.tasks import detection
 from mlx_research.train.tasks.backbone import check_backbone_config
-
-_RANGES = {
-    "model.hidden_dim": (4, None),
-    "model.nhead": (1, None),
-    "model.num_encoder_layers": (0, None),
-    "model.num_decoder_layers": (1, None),
-    "model.dim_feedforward": (1, None),
-    "model.dropout": (0, 0.99),
-    "model.pos_temperature": (1, None),
-    "model.pos_scale": (0, None),
-    "model.spatial_prior_beta": (1e-6, None),
-    "model.num_queries": (1, None),
-    "model.query_groups": (1, None),
-    "model.cost_class": (0, None),
-    "model.cost_bbox": (0, None),
-    "model.cost_giou": (0, None),
-    "model.loss_ce": (0, None),
-    "model.loss_bbox": (0, None),
-    "model.loss_giou": (0, None),
-    "model.eos_coef": (0, None),
-}
 
 
 class Task(detection.DetectionTask):
     """DETR (facebookresearch/detr defaults unless a config changes them)."""
 
-    @staticmethod
-    def default_config() -> ml_collections.ConfigDict:
-        c = ml_collections.ConfigDict()
-        c.model = ml_collections.ConfigDict(dict(
-            backbone="resnet50",  # "small_cnn" | "resnet18" | "resnet34" | "resnet50"
-            small_cnn_features=(32, 64, 128),  # SmallCNN stage widths (stride 2 each)
-            feature_level="C5",  # backbone map fed to the Transformer ("C<k>": stride 2^k)
-            norm="batch",  # backbone norm: "batch" | "frozen_batch" (pretrained) | "group"
-            hidden_dim=256,  # Transformer width (multiple of 4 and of nhead)
-            nhead=8,
-            num_encoder_layers=6,
-            num_decoder_layers=6,
-            dim_feedforward=2048,
-            dropout=0.1,
-            pre_norm=False,  # pre-LN Transformer layers (DETR's --pre_norm)
-            pos_temperature=10000.0,  # sine positions: wavelength base (DETR's temperature)
-            pos_scale=2 * math.pi,  # sine positions: range of normalised positions (DETR: 2 pi)
-            num_queries=100,  # object queries: most detections per image
-            spatial_prior=False,  # SMCA's Gaussian cross-attention prior (not in DETR)
-            spatial_prior_beta=1.0,  # its bandwidth (larger = wider attention windows)
-            query_groups=1,  # Group DETR: groups of num_queries, each matched on its own
-            aux_loss=True,  # score every decoder layer (False: the last only)
-            matcher="device",  # "device" (optax Hungarian in the step) | "scipy" (pure_callback)
-            cost_class=1.0, cost_bbox=5.0, cost_giou=2.0,  # matching cost weights
-            loss_ce=1.0, loss_bbox=5.0, loss_giou=2.0,  # loss weights
-            eos_coef=0.1,  # class weight of "no object" in the cross-entropy
-        ))
+    model_parts = (DETR, DetrCriterion, CriterionWeights)
+
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        c = super().default_config()
         c.data = detection.data_config(image_size=128)
         c.evals = detection.evals_config()
         return c
 
-    @staticmethod
-    def validate_config(config: ml_collections.ConfigDict) -> None:
+    @classmethod
+    def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+        super().validate_config(config)
         detection.validate_data(config)
         check_backbone_config(config, "feature_level")
-        check_choices(config, {"model.matcher": MATCHERS})
-        check_ranges(config, _RANGES)
         m = config.model
         if m.hidden_dim % 4 or m.hidden_dim % m.nhead:
             raise ConfigError(f"config: 'model.hidden_dim' = {m.hidden_dim} must be a multiple "
@@ -107,18 +61,7 @@ class Task(detection.DetectionTask):
     def __init__(self, config: ml_collections.ConfigDict, dtype: Any):
         super().__init__(config, dtype)
         m = config.model
-        self.model = DETR(
-            num_classes=self.num_classes, num_queries=m.num_queries, hidden_dim=m.hidden_dim,
-            nhead=m.nhead, num_encoder_layers=m.num_encoder_layers,
-            num_decoder_layers=m.num_decoder_layers, dim_feedforward=m.dim_feedforward,
-            dropout=m.dropout, pre_norm=m.pre_norm, backbone=m.backbone,
-            feature_level=m.feature_level, small_cnn_features=tuple(m.small_cnn_features),
-            norm=m.norm, pos_temperature=m.pos_temperature, pos_scale=m.pos_scale,
-            spatial_prior=m.spatial_prior, spatial_prior_beta=m.spatial_prior_beta,
-            query_groups=m.query_groups, dtype=dtype,
-        )
-        weights = CriterionWeights(
-            cost_class=m.cost_class, cost_bbox=m.cost_bbox, cost_giou=m.cost_giou,
-            loss_ce=m.loss_ce, loss_bbox=m.loss_bbox, loss_giou=m.loss_giou, eos_coef=m.eos_coef)
-        self.criterion = DetrCriterion(weights, m.matcher, m.query_groups, m.aux_loss)
-        self.postprocess = DetrPostprocess(m.num_queries)
+        self.model = from_config(DETR, m, num_classes=self.num_classes, dtype=dtype)
+        self.criterion = from_config(DetrCriterion, m, weights=from_config(CriterionWeights, m),
+                                     query_groups=self.model.query_groups)
+        self.postprocess = DetrPostprocess(self.model.num_queries)

@@ -29,18 +29,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mlx_research.config_checks import check_choices, check_ranges
+from mlx_research.config_checks import check_ranges, from_config
 from mlx_research.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
 from mlx_research.errors import ConfigError
 from mlx_research.losses.classification import cross_entropy
 from mlx_research.models.decoding import Cache, Step, shift_right
 from mlx_research.models.report.alignment import coarse_alignment_losses, fine_alignment_kl
-from mlx_research.models.report.mkmia import ALIGNMENTS, KNOWLEDGE_FIELDS, MKMIA, make_step
+from mlx_research.models.report.mkmia import KNOWLEDGE_FIELDS, MKMIA, make_step
 from mlx_research.train.tasks import report
 
 _RANGES = {
-    "model.knowledge_layers": (0, None),
-    "model.align_dim": (1, None),
     "data.knowledge_len": (-1, None),
     "loss.w_cos": (0, None),
     "loss.w_con": (0, None),
@@ -89,18 +87,12 @@ def _rows(array: np.ndarray) -> tuple:
 class Task(report.Task):
     """MKMIA: R2Gen plus knowledge fusion (dictionary, prior report) and multilevel alignment."""
 
+    model_parts = (MKMIA,)
     uses_extras = True
 
-    @staticmethod
-    def default_config() -> ml_collections.ConfigDict:
-        c = report.Task.default_config()
-        c.model.update(dict(
-            use_dictionary=True,  # fuse the knowledge dictionary's phrases (MK)
-            use_history=True,  # fuse the patient's prior report (HK)
-            alignment="multilevel",  # "multilevel" (coarse + fine) | "coarse" | "none"
-            knowledge_layers=1,  # Transformer layers of the text encoder (dictionary/prior/report)
-            align_dim=64,  # width of the alignment embeddings
-        ))
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        c = super().default_config()
         c.data.knowledge_len = -1  # tokens per dictionary phrase incl. EOS (-1: longest + 1)
         c.loss = ml_collections.ConfigDict(dict(
             w_cos=0.1,  # coarse: cosine similarity loss of the matched image/report embeddings
@@ -111,10 +103,9 @@ class Task(report.Task):
         ))
         return c
 
-    @staticmethod
-    def validate_config(config: ml_collections.ConfigDict) -> None:
-        report.Task.validate_config(config)
-        check_choices(config, {"model.alignment": ALIGNMENTS})
+    @classmethod
+    def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+        super().validate_config(config)
         check_ranges(config, _RANGES)
         if 0 <= config.data.knowledge_len < 2:
             raise ConfigError(f"config: 'data.knowledge_len' = {config.data.knowledge_len} "
@@ -132,8 +123,8 @@ class Task(report.Task):
                                   f"{self.max_len}; set it to at most {self.max_len}")
             knowledge = dict(knowledge_tokens=_rows(tokens), knowledge_organs=_rows(organs),
                              knowledge_fields=_rows(fields))
-        return MKMIA(vocab_size=self.output_size(), max_len=self.max_len, pad_id=PAD_ID,
-                     eos_id=EOS_ID, dtype=self.dtype, **knowledge, **m)
+        return from_config(MKMIA, m, vocab_size=self.output_size(), max_len=self.max_len,
+                           pad_id=PAD_ID, eos_id=EOS_ID, dtype=self.dtype, **knowledge)
 
     def model_inputs(self, batch):
         """Images, teacher-forcing inputs, the prior reports and the report (for the alignment)."""
@@ -150,11 +141,11 @@ class Task(report.Task):
         terms = {"ce": cross_entropy(logits, tokens, ignore_index=PAD_ID, reduction="mean")}
         total = terms["ce"]
         weights = self.config.loss
-        if self.config.model.alignment != "none":
+        if self.model.alignment != "none":
             terms["cos"], terms["con"] = coarse_alignment_losses(
                 out["image_global"], out["report_global"], weights.temperature)
             total = total + weights.w_cos * terms["cos"] + weights.w_con * terms["con"]
-        if self.config.model.alignment == "multilevel" and weights.w_kl > 0:
+        if self.model.alignment == "multilevel" and weights.w_kl > 0:
             terms["kl"] = fine_alignment_kl(out["regions"], out["words"], out["word_valid"],
                                             weights.fine_temperature)
             total = total + weights.w_kl * terms["kl"]

@@ -26,20 +26,16 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
-from mlx_research.config_checks import check_choices, check_ranges
+from mlx_research.config_checks import check_ranges, from_config
 from mlx_research.data.knowledge import TAGS
 from mlx_research.data.tokenizer import BOS_ID, PAD_ID
 from mlx_research.errors import ConfigError
 from mlx_research.losses.classification import asymmetric_loss, cross_entropy
 from mlx_research.models.decoding import Cache, Step, shift_right
 from mlx_research.models.report import nadm
-from mlx_research.ops.matching import MATCHERS
 from mlx_research.train.tasks import report
 
 _RANGES = {
-    "model.memory_size": (-1, None),
-    "model.semantic_topk": (1, None),
-    "model.semantic_layers": (1, None),
     "loss.memory_weight": (0, None),
     "loss.abnormal_weight": (0, None),
     "loss.normal_weight": (0, None),
@@ -53,21 +49,12 @@ _REPORT_PARTS = (*TAGS, "report")  # the parts of the report loss: each token ta
 class Task(report.Task):
     """NADM: R2Gen + abnormal memory + decoupled normal/abnormal semantics."""
 
+    model_parts = (nadm.NADM,)
     uses_extras = True
 
-    @staticmethod
-    def default_config() -> ml_collections.ConfigDict:
-        c = report.Task.default_config()
-        c.model.update(dict(
-            abnormal_memory=True,  # abnormal-pattern memory + L_m (False: the no-memory ablation)
-            memory_size=-1,  # memory entries (-1: twice the patch features per study; ref. 98/49)
-            matcher="device",  # memory matching: "device" (optax Hungarian) | "scipy" (host)
-            decouple=True,  # semantic heads + partitioned report loss (False: plain token CE)
-            semantic_topk=25,  # abnormal and normal words each fed to the decoder (reference 25)
-            semantic_layers=3,  # layers of each semantic head (reference 3)
-            uncertainty_form="liebel",  # report-part weights: "kendall" | "liebel" | "notes"
-            report_trains_visual=False,  # report loss reaches the visual network (ref.: no)
-        ))
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        c = super().default_config()
         c.loss = ml_collections.ConfigDict(dict(
             memory_weight=1.0,  # L_m
             abnormal_weight=0.1,  # ASL of the abnormal semantics (reference 0.1)
@@ -76,19 +63,18 @@ class Task(report.Task):
         ))
         return c
 
-    @staticmethod
-    def validate_config(config: ml_collections.ConfigDict) -> None:
-        report.Task.validate_config(config)
-        check_choices(config, {"model.uncertainty_form": nadm.UNCERTAINTY_FORMS,
-                               "model.matcher": MATCHERS})
+    @classmethod
+    def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+        super().validate_config(config)
         check_ranges(config, _RANGES)
 
     def _build_model(self) -> nadm.NADM:
         if self.config.model.semantic_topk > self.output_size():
             raise ConfigError(f"config: 'model.semantic_topk' = {self.config.model.semantic_topk} "
                               f"exceeds the vocabulary ({self.output_size()} ids)")
-        return nadm.NADM(vocab_size=self.output_size(), max_len=self.max_len, pad_id=PAD_ID,
-                         dtype=self.dtype, num_token_tags=len(TAGS), **self.config.model)
+        return from_config(nadm.NADM, self.config.model, vocab_size=self.output_size(),
+                           max_len=self.max_len, pad_id=PAD_ID, dtype=self.dtype,
+                           num_token_tags=len(TAGS))
 
     def model_inputs(self, batch):
         tokens = batch["tokens"]
@@ -104,7 +90,7 @@ class Task(report.Task):
         outputs, new_state = self.model.apply(
             {"params": params, **model_state}, **inputs, train=True, rngs={"dropout": rng},
             mutable=list(model_state))
-        m, w = self.config.model, self.config.loss
+        m, w = self.model, self.config.loss
         tokens, logits = batch["tokens"], outputs["logits"]
         real = tokens != PAD_ID
         token_losses = cross_entropy(logits, tokens, ignore_index=PAD_ID, reduction="none")

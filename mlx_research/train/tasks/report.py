@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mlx_research.config_checks import check_choices, check_ranges
+from mlx_research.config_checks import check_choices, check_ranges, from_config
 from mlx_research.data import cxr, r2gen
 from mlx_research.data.chexpert import CHEXPERT_LABELS
 from mlx_research.data.knowledge import default_knowledge, load_knowledge
@@ -36,15 +36,6 @@ from mlx_research.train.tasks import base
 from mlx_research.train.tasks.backbone import check_backbone_config
 
 _RANGES = {
-    "model.d_model": (1, None),
-    "model.d_ff": (1, None),
-    "model.num_heads": (1, None),
-    "model.num_layers": (1, None),
-    "model.dropout": (0, 0.99),
-    "model.feature_dropout": (0, 0.99),
-    "model.rm_num_slots": (1, None),
-    "model.rm_num_heads": (1, None),
-    "model.rm_d_model": (1, None),
     "data.threshold": (-1, None),
     "data.max_len": (-1, None),
     "data.resize": (8, None),
@@ -64,26 +55,17 @@ _SYNTHETIC_MEAN, _SYNTHETIC_STD = (0.5,), (0.25,)  # grayscale renderings in [0,
 class Task(base.Task):
     """R2Gen: image patches -> Transformer encoder -> memory-driven decoder -> report.
 
-    Subclasses (NADM, MKMIA) replace `_build_model`, `loss` and `decoding_step`, and set
-    `uses_extras` to get token tags, prior reports and labels in every example.
+    Subclasses (NADM, MKMIA) set `model_parts`, replace `_build_model`, `loss` and
+    `decoding_step`, and set `uses_extras` to get token tags, prior reports and labels in every
+    example.
     """
 
+    model_parts = (R2Gen,)
     uses_extras = False
 
-    @staticmethod
-    def default_config() -> ml_collections.ConfigDict:
-        c = ml_collections.ConfigDict()
-        c.model = ml_collections.ConfigDict(dict(
-            backbone="small_cnn",  # "small_cnn" | "resnet18" | "resnet34" | "resnet50" (last map)
-            small_cnn_features=(32, 64, 128),  # SmallCNN stage widths (stride 2 each)
-            norm="batch",  # backbone norm: "batch" | "frozen_batch" (torchvision weights) | "group"
-            d_model=512, d_ff=512, num_heads=8, num_layers=3,  # Transformer (R2Gen's defaults)
-            dropout=0.1,  # Transformer dropout (embeddings, attention, FFN, residual branches)
-            feature_dropout=0.5,  # after the patch-feature projection (R2Gen's drop_prob_lm)
-            use_memory=True,  # relational memory + conditional layer norm (False: plain Transformer)
-            rm_num_slots=3, rm_num_heads=8,  # relational memory
-            rm_d_model=512,  # memory width; must equal d_model (tokens join the memory rows)
-        ))
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        c = super().default_config()
         c.data = ml_collections.ConfigDict(dict(
             dataset="synthetic",  # "synthetic" (built in) | "iu_xray" | "mimic_cxr" (R2Gen folders)
             root="",  # R2Gen folder: annotation.json + image_dir
@@ -122,8 +104,9 @@ class Task(base.Task):
             choices={"split": ("val", "test")},
             build=cls.report_evaluator)}
 
-    @staticmethod
-    def validate_config(config: ml_collections.ConfigDict) -> None:
+    @classmethod
+    def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+        super().validate_config(config)
         check_backbone_config(config)
         check_choices(config, {
             "data.dataset": ("synthetic", *r2gen.DATASETS),
@@ -160,8 +143,8 @@ class Task(base.Task):
         self.model = self._build_model()
 
     def _build_model(self):
-        return R2Gen(vocab_size=self.output_size(), max_len=self.max_len, pad_id=PAD_ID,
-                     dtype=self.dtype, **self.config.model)
+        return from_config(R2Gen, self.config.model, vocab_size=self.output_size(),
+                           max_len=self.max_len, pad_id=PAD_ID, dtype=self.dtype)
 
     def output_size(self) -> int:
         """Vocabulary rounded up to a multiple of 8, so that the "vocab" axis of the embedding and

@@ -15,7 +15,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mlx_research.config_checks import check_batch_divisible, check_choices, check_ranges
+from mlx_research.config_checks import (
+    check_batch_divisible,
+    check_choices,
+    check_ranges,
+    from_config,
+)
 from mlx_research.data import seq2seq as data
 from mlx_research.errors import ConfigError
 from mlx_research.evaluation.base import SumEvaluator
@@ -26,13 +31,6 @@ from mlx_research.train.tasks import base
 
 
 _RANGES = {
-    "model.d_model": (1, None),
-    "model.nhead": (1, None),
-    "model.num_encoder_layers": (1, None),
-    "model.num_decoder_layers": (1, None),
-    "model.dim_feedforward": (1, None),
-    "model.dropout": (0, 0.99),
-    "model.pipeline_microbatches": (1, None),
     "data.vocab_size": (4, 2**31 - 1),  # PAD, BOS, EOS and at least one symbol
     "data.min_len": (1, None),
     "data.max_len": (1, None),
@@ -44,24 +42,11 @@ _RANGES = {
 class Task(base.Task):
     """Learn `task` (reverse, sort or copy) of random token sequences; scored by greedy decoding."""
 
-    @staticmethod
-    def default_config() -> ml_collections.ConfigDict:
-        c = ml_collections.ConfigDict()
-        c.model = ml_collections.ConfigDict(
-            dict(
-                d_model=128,  # model width
-                nhead=4,  # attention heads
-                num_encoder_layers=2,
-                num_decoder_layers=2,
-                dim_feedforward=512,  # FFN hidden size
-                dropout=0.1,
-                norm_first=True,  # pre-LN (True) or post-LN (False) blocks
-                pipeline=False,  # stacked layers run as a GPipe pipeline over mesh axis "stage"
-                pipeline_microbatches=1,  # GPipe micro-batches per (data-parallel) batch
-                # attention without weight dropout (dropout 0 or eval): "xla" | "cudnn" (GPU)
-                attention_implementation="xla",
-            )
-        )
+    model_parts = (Seq2SeqTransformer,)
+
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        c = super().default_config()
         c.data = ml_collections.ConfigDict(
             dict(
                 task="reverse",  # "reverse" | "sort" | "copy"
@@ -89,10 +74,10 @@ class Task(base.Task):
                     "length_penalty": (0, None)},
             build=cls.decode_evaluator)}
 
-    @staticmethod
-    def validate_config(config: ml_collections.ConfigDict) -> None:
-        check_choices(config, {"data.task": ("reverse", "sort", "copy"),
-                               "model.attention_implementation": ("xla", "cudnn")})
+    @classmethod
+    def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+        super().validate_config(config)
+        check_choices(config, {"data.task": ("reverse", "sort", "copy")})
         check_ranges(config, _RANGES)
         d, m = config.data, config.model
         if d.min_len > d.max_len:
@@ -118,9 +103,9 @@ class Task(base.Task):
 
     def __init__(self, config: ml_collections.ConfigDict, dtype: Any):
         super().__init__(config, dtype)
-        self.model = Seq2SeqTransformer(
-            vocab_size=config.data.vocab_size, dtype=dtype, pad_id=data.PAD_ID, **config.model
-        )
+        self.model = from_config(Seq2SeqTransformer, config.model,
+                                 vocab_size=config.data.vocab_size, dtype=dtype,
+                                 pad_id=data.PAD_ID)
 
     def _source(self, split: str, size: int) -> data.SyntheticSeq2Seq:
         d = self.config.data
