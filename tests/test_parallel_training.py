@@ -225,6 +225,7 @@ def parallel_run():
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.slow
 def test_parallel_training_matches_single_device(parallel_run, name):
     r = parallel_run[name]
     assert r["loss_rel"] < 1e-5, r
@@ -234,11 +235,13 @@ def test_parallel_training_matches_single_device(parallel_run, name):
     assert r["sharded_leaves"] > 0 or name == "dp8", r
 
 
+@pytest.mark.slow
 def test_pipeline_checkpoint_restores_under_data_parallel(parallel_run):
     restore = parallel_run["restore"]
     assert restore == {"step": STEPS, "devices": 8, "max_diff": 0.0}
 
 
+@pytest.mark.slow
 def test_tensor_parallel_layer_needs_one_all_reduce_per_block(parallel_run):
     # Megatron: column-parallel Q/K/V and FFN-in, row-parallel out and FFN-out; the only
     # communication of a layer's forward is one all-reduce after attention and one after the FFN.
@@ -247,6 +250,7 @@ def test_tensor_parallel_layer_needs_one_all_reduce_per_block(parallel_run):
 
 
 @pytest.mark.parametrize("name", sorted(MEMORY_CASES))
+@pytest.mark.slow
 def test_param_and_optimizer_bytes_shrink(parallel_run, name):
     assert parallel_run["memory_" + name] <= 0.35
 
@@ -258,6 +262,7 @@ def _stack_layers(stack_params, num_layers):
             "norm": stack_params["norm"]}
 
 
+@pytest.mark.slow
 def test_pipelined_model_equals_per_layer_model():
     kw = dict(vocab_size=16, d_model=16, nhead=4, num_encoder_layers=2, num_decoder_layers=2,
               dim_feedforward=32, dropout=0.0)

@@ -86,6 +86,7 @@ def np_norm(x, gamma, beta, eps=1e-6):
 
 # ------------------------------------------------------------------ building blocks
 
+@pytest.mark.slow
 def test_relational_memory_matches_numpy_recurrence():
     batch, length, slots, width = 2, 3, 3, 8
     module = RelationalMemory(num_slots=slots, num_heads=2, dropout=0.1)
@@ -102,6 +103,7 @@ def test_relational_memory_matches_numpy_recurrence():
     np.testing.assert_allclose(out, np.stack(expected, 1), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_conditional_and_plain_layer_norm_match_numpy():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 3, 8)).astype(np.float32) * 3 + 1
@@ -180,6 +182,7 @@ def full():
     return make_setup(True)
 
 
+@pytest.mark.slow
 def test_cached_decode_step_equals_teacher_forcing(setup):
     model, variables = setup.model, setup.variables
     encoded = setup.encode(variables, setup.x)
@@ -210,6 +213,7 @@ def test_cached_decode_step_equals_teacher_forcing(setup):
         assert cache["relational_memory"]["memory"].shape == (4, 3, 16)
 
 
+@pytest.mark.slow
 def test_greedy_and_beam_generation(full):
     model, variables = full.model, full.variables
     encoded = full.encode(variables, full.x)
@@ -264,6 +268,7 @@ def test_greedy_and_beam_generation(full):
     assert (beam_logp >= greedy_logp - 1e-5).all() and (beam_logp > greedy_logp + 1e-3).any()
 
 
+@pytest.mark.slow
 def test_padding_does_not_reach_real_positions(setup):
     model, variables = setup.model, setup.variables
     encoded = setup.encode(variables, setup.x)
@@ -290,6 +295,7 @@ def test_padding_does_not_reach_real_positions(setup):
     assert not np.allclose(after[:, 2], before[:, 2], atol=1e-3)  # the pad position itself moves
 
 
+@pytest.mark.slow
 def test_views_share_the_extractor(full):
     variables, two = full.variables, full.x
     dec = np.array([[BOS, 3, 4, 5, 0, 0], [BOS, 6, 7, 0, 0, 0]] * 2, np.int32)
@@ -306,6 +312,7 @@ def test_views_share_the_extractor(full):
     assert one.shape == (4, 16, 16) and np.isfinite(one).all()
 
 
+@pytest.mark.slow
 def test_training_gradients_are_finite_and_reach_every_module(full):
     model, variables = full.model, full.variables
     dec = np.array([[BOS, 3, 4, 5, 0, 0], [BOS, 6, 7, 8, 9, 0]] * 2, np.int32)
@@ -391,6 +398,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_tensor_parallel_training_loss_equals_single_device(tmp_path):
     """Training-mode loss and batch statistics under mesh data=4 x model=2 (default rules) equal
     the single-device ones; attention heads, memory gates, MCLN MLPs and logits are sharded."""
