@@ -22,6 +22,7 @@ from mlx_research.models.report.relational_memory import (
     RelationalMemory,
 )
 from mlx_research.testing import run_with_devices
+from tests.numeric import reordered_sum_rtol
 
 KW = dict(vocab_size=12, max_len=8, backbone="small_cnn", small_cnn_features=(8, 16, 32),
           d_model=16, d_ff=32, num_heads=2, num_layers=2, dropout=0.1, feature_dropout=0.5,
@@ -391,7 +392,9 @@ def max_diff(a, b):
 
 
 print(json.dumps({
-    "single": float(single), "sharded": float(value), "stats_diff": max_diff(stats, stats_tp),
+    "single": float(single), "sharded": float(value),
+    "stats_rel": max_diff(stats, stats_tp) / max(float(jnp.abs(s).max())
+                                                 for s in jax.tree.leaves(stats)),
     "specs": {"/".join(k.key for k in path): str(leaf.sharding.spec)
               for path, leaf in jax.tree_util.tree_leaves_with_path(placed["params"])},
 }))
@@ -406,8 +409,11 @@ def test_tensor_parallel_training_loss_equals_single_device(tmp_path):
     np.savez(path, **traverse_util.flatten_dict(memory_variables(), sep="/"))
     out = json.loads(run_with_devices(_TP_SNIPPET.replace("VARIABLES_PATH", repr(str(path))))
                      .strip().splitlines()[-1])
-    np.testing.assert_allclose(out["sharded"], out["single"], rtol=1e-5)
-    assert out["stats_diff"] < 1e-5
+    # Batch statistics average 8 x 2 views x 32 x 32 pixels, summed in a different order under
+    # the mesh: float32 rounding allows about eps * sqrt(that) (tests/numeric.py).
+    rtol = reordered_sum_rtol(8 * 2 * 32 * 32)
+    np.testing.assert_allclose(out["sharded"], out["single"], rtol=rtol)
+    assert out["stats_rel"] < rtol, out["stats_rel"]
     specs = out["specs"]
     assert specs["decoder_layers_0/self_attn/query/kernel"] == "P(None, 'model', None)"
     assert specs["relational_memory/cell/W/kernel"] == "P(None, 'model')"
