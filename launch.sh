@@ -3,7 +3,7 @@
 #
 #   ./launch.sh EXPERIMENT.py[:ARG] [--workdir=DIR] [--mode=train|eval] [--config.KEY=VALUE ...]
 #       exit status: 0 done, 1 an error (one line), 75 stopped by SIGTERM/Ctrl-C after saving
-#   ./launch.sh test [PYTEST_ARGS...]          run the test suite
+#   ./launch.sh test [--fast] [PYTEST_ARGS...] run the test suite (--fast: the unit tier, -m 'not slow')
 #   ./launch.sh bench NAME [ARGS...]           run benchmarks/*/NAME.py (or GROUP.NAME)
 #
 # Multi-host (every host runs the same command; jax.distributed.initialize() finds its peers):
@@ -62,7 +62,9 @@ print(sys.executable, hashlib.sha256(open("pyproject.toml", "rb").read()).hexdig
 [[ $# -ge 1 ]] || { sed -n '2,18p' "$0"; exit 2; }
 
 case "$1" in
-  test)  shift; pick_python; ensure_installed; exec "$PY" -m pytest "$@" ;;
+  test)  shift; args=()
+         for a in "$@"; do if [[ "$a" == --fast ]]; then args+=(-m "not slow"); else args+=("$a"); fi; done
+         pick_python; ensure_installed; exec "$PY" -m pytest ${args[@]+"${args[@]}"} ;;
   bench) shift; [[ $# -ge 1 ]] || die "usage: ./launch.sh bench NAME (benchmarks/*/NAME.py)"
          module="$(bench_module "$1")"; shift; pick_python; ensure_installed
          exec "$PY" -m "$module" "$@" ;;

@@ -14,3 +14,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mlx_jax_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "slow: end-to-end runs through the trainer or the entry point, and subprocesses with "
+        "several fake devices (left out by ./launch.sh test --fast, i.e. -m 'not slow')")

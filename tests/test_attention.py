@@ -256,6 +256,7 @@ def test_mha_dropout_uses_dropout_rng():
     assert not np.allclose(a, eval_a)
 
 
+@pytest.mark.slow
 def test_mha_decode_cache_matches_causal_attention():
     """One position per call with the key/value cache equals full causal self-attention."""
     rng = np.random.default_rng(4)

@@ -143,6 +143,7 @@ def _torchvision_resnet18_features(x, state_dict):
 
 
 @pytest.mark.parametrize("norm", ["batch", "frozen_batch"])
+@pytest.mark.slow
 def test_resnet18_eval_features_match_numpy_torchvision_forward(norm):
     state_dict = _random_state_dict("resnet18")
     variables = ct.convert(state_dict, "resnet18", norm=norm)
@@ -162,6 +163,7 @@ def test_resnet18_eval_features_match_numpy_torchvision_forward(norm):
 
 
 @pytest.mark.parametrize("arch", sorted(TORCHVISION_ARCHS))
+@pytest.mark.slow
 def test_every_key_maps_to_our_tree_with_its_shape(arch):
     state_dict = _random_state_dict(arch)
     variables = ct.convert(state_dict, arch)

@@ -143,6 +143,7 @@ def test_exhaustive_beam_search_returns_best_hypothesis(vocab, max_len, length_p
     np.testing.assert_array_equal(run_search(table, max_len, beam, length_penalty, eos), tokens)
 
 
+@pytest.mark.slow
 def test_length_penalty_can_change_the_winner():
     vocab, max_len, eos, batch = 3, 4, 0, 2
     beam = (vocab - 1) ** (max_len - 1) * vocab
@@ -271,6 +272,7 @@ def pick_eos(unmasked):
     return min(some)
 
 
+@pytest.mark.slow
 def test_cached_decode_step_equals_full_decode():
     model, variables, inputs = model_and_variables()
     rng = np.random.default_rng(5)
@@ -296,6 +298,7 @@ def test_cached_decode_step_equals_full_decode():
 
 
 @pytest.mark.parametrize("pipeline", [False, True])
+@pytest.mark.slow
 def test_generate_equals_full_recompute_greedy(pipeline):
     """Cached (or, pipelined, buffer-recomputing) greedy `generate` vs an independent loop."""
     model, variables, inputs = model_and_variables(pipeline)
@@ -308,6 +311,7 @@ def test_generate_equals_full_recompute_greedy(pipeline):
 
 
 @pytest.mark.parametrize("pipeline", [False, True])
+@pytest.mark.slow
 def test_beam_search_scores_equal_teacher_forced_scores(pipeline):
     """Beam search on the model: each returned score is the teacher-forced score of its tokens
     (catches a cache that is not reordered with the beams); `search` returns the tokens."""

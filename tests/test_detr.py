@@ -20,6 +20,7 @@ from mlx_research.testing import run_with_devices
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.trainer import Trainer
 from tests.configs import override
+from tests.detection_oracle import one_hot_logits, oracle_scores
 
 EOS_COEF = 0.1
 
@@ -138,6 +139,7 @@ def _reference(outputs, batch):
                           batch["image_hw"])
 
 
+@pytest.mark.slow
 def test_matched_loss_equals_numpy_scipy_reference_for_both_matchers(setup):
     trainer, state, outputs, loss_and_grad = setup
     batch = _batch(3, empty=(1,))
@@ -167,6 +169,7 @@ def test_matched_loss_equals_numpy_scipy_reference_for_both_matchers(setup):
         np.testing.assert_allclose(float(loss_sum / weight), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_no_boxes_and_a_single_box_give_the_reference_loss_and_finite_gradients(setup):
     _, state, outputs, loss_and_grad = setup
     empty = _batch(3, empty=(0, 1, 2))
@@ -181,6 +184,7 @@ def test_no_boxes_and_a_single_box_give_the_reference_loss_and_finite_gradients(
     assert np.all(_reference(outputs, empty)[1][:, 1:] == 0)  # no box: no-object CE only
 
 
+@pytest.mark.slow
 def test_query_groups_give_the_mean_of_each_groups_loss():
     rng = np.random.default_rng(0)
     layers, batch, groups, queries = 2, 3, 2, 4
@@ -202,6 +206,7 @@ def test_query_groups_give_the_mean_of_each_groups_loss():
     np.testing.assert_allclose(float(total), np.mean(per_group), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_uses_the_first_query_group():
     from mlx_research.train.tasks.detr import Task
 
@@ -248,6 +253,7 @@ def test_config_errors_name_the_key(tmp_path, overrides, message):
         Trainer(tiny_config(**overrides), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_trainer_steps_and_coco_evaluation(setup):
     trainer = setup[0]
     state = trainer.train()
@@ -256,14 +262,30 @@ def test_trainer_steps_and_coco_evaluation(setup):
     assert [r["step"] for r in records if "train/loss" in r] == [1, 2]
     evals = [r for r in records if "eval/coco/AP" in r]
     assert [r["step"] for r in evals] == [2]
-    assert all(-1 <= evals[0][f"eval/coco/{k}"] <= 1 for k in ("AP", "AP50", "AR100"))
-    assert sorted(trainer.evals["coco"].evaluator.seen_image_ids) == [1, 2, 3, 4]
+    evaluator = trainer.evals["coco"].evaluator
+    assert sorted(evaluator.seen_image_ids) == [1, 2, 3, 4]
     assert list(Path(trainer.workdir, "images").glob("coco_detections_*.png"))
+    num_classes = len(evaluator.label_to_category_id)
+    scores = oracle_scores(evaluator, lambda batch: postprocess(
+        *_ground_truth_as_outputs(batch, num_classes), batch["image_hw"]))
+    assert scores["AP"] == scores["AR100"] == 1.0, scores
 
 
+def _ground_truth_as_outputs(batch, num_classes):
+    """DETR's raw outputs for the batch's ground truth, one query per box row: logits [B, M, K + 1]
+    (the no-object class, last, for padding rows) and cxcywh boxes over the valid image size."""
+    x1, y1, x2, y2 = np.moveaxis(np.asarray(batch["boxes"], np.float64), -1, 0)
+    h, w = np.asarray(batch["image_hw"], np.float64)[:, None, :].transpose(2, 0, 1)
+    boxes = np.stack([(x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h], -1)
+    column = np.where(batch["box_valid"], batch["labels"] - 1, num_classes)
+    return one_hot_logits(column, num_classes + 1), boxes.astype(np.float32)
+
+
+@pytest.mark.slow
 def test_data4_model2_equals_single_device():
     out = run_with_devices("""
         import tempfile, jax, numpy as np
+        from tests.numeric import reordered_sum_rtol
         from tests.test_detr import tiny_config
         from mlx_research.data.pipeline import make_train_iterator
         from mlx_research.train.trainer import Trainer
@@ -287,9 +309,12 @@ def test_data4_model2_equals_single_device():
             t.close()
         one, tp = results["one"], results["tp"]
         assert "model" in tp[2], tp[2]
+        # The layouts add the first conv's kernel gradient over 8 x 64 x 64 pixels in different
+        # orders: float32 rounding allows about eps * sqrt(that) (tests/numeric.py).
+        rtol = reordered_sum_rtol(8 * 64 * 64)
         for key in ("loss", "loss_ce", "loss_bbox", "loss_giou", "grad_norm"):
-            np.testing.assert_allclose(tp[0][key], one[0][key], rtol=1e-5, err_msg=key)
-        np.testing.assert_allclose(tp[1], one[1], rtol=1e-5)
+            np.testing.assert_allclose(tp[0][key], one[0][key], rtol=rtol, err_msg=key)
+        np.testing.assert_allclose(tp[1], one[1], rtol=rtol)
         print("ok", one[0]["loss"])
     """)
     assert out.startswith("ok")

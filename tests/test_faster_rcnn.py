@@ -1,21 +1,26 @@
 """Faster R-CNN task: finite losses without objects, one compilation, data parallelism, and a
 COCO-format folder written by the shapes writer trained and evaluated through the COCO loader."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mlx_research.data.detection_transforms import DetectionTransform
-from mlx_research.data.pipeline import make_eval_iterator
-from mlx_research.evaluation.coco import CocoEvaluator
 from mlx_research.models.detection.faster_rcnn import FasterRCNNCriterion, FasterRCNNOutputs
 from mlx_research.models.detection.rcnn import SampledAnchors, SampledRois
 from mlx_research.data.shapes import SyntheticShapes, write_coco
+from mlx_research.models.detection import rcnn
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.step import loss_and_grads
 from mlx_research.train.trainer import Trainer
 from mlx_research.testing import run_with_devices
 from tests.configs import override
+from tests.detection_oracle import one_hot_logits, oracle_scores
+
+pytestmark = pytest.mark.slow  # every test trains or compiles the whole detector
 
 
 def tiny_config(**overrides):
@@ -103,7 +108,7 @@ def test_losses_finite_without_objects_and_one_compilation(tmp_path):
     with trainer.mesh_context():
         for empty in (True, False, True):
             state, metrics = trainer.train_step(state, _batch(task, 2, empty))
-            assert np.isfinite(float(metrics["loss"]))
+    assert int(state.step) == 3 and int(state.bad_step) < 0  # every update finite and applied
     assert trainer.train_step._cache_size() == 1
     trainer.close()
 
@@ -111,6 +116,7 @@ def test_losses_finite_without_objects_and_one_compilation(tmp_path):
 def test_data_parallel_loss_equals_single_device():
     out = run_with_devices("""
         import tempfile, jax, jax.numpy as jnp, numpy as np
+        from tests.numeric import reordered_sum_rtol
         from tests.test_faster_rcnn import tiny_config
         from mlx_research.data.pipeline import make_train_iterator
         from mlx_research.train.trainer import Trainer
@@ -128,8 +134,11 @@ def test_data_parallel_loss_equals_single_device():
                 _, metrics = t.train_step(state, batch)
             losses[name] = {k: float(v) for k, v in metrics.items()}
             t.close()
+        # The layouts add the first conv's kernel gradient over 8 x 64 x 64 pixels in different
+        # orders: float32 rounding allows about eps * sqrt(that) (tests/numeric.py).
+        rtol = reordered_sum_rtol(8 * 64 * 64)
         for key in ("loss", "rpn_objectness", "rpn_box", "classifier", "box_reg", "grad_norm"):
-            np.testing.assert_allclose(losses["eight"][key], losses["one"][key], rtol=1e-5)
+            np.testing.assert_allclose(losses["eight"][key], losses["one"][key], rtol=rtol)
         print("ok", losses["one"]["loss"])
     """)
     assert out.startswith("ok")
@@ -147,23 +156,23 @@ def test_coco_folder_from_the_shapes_writer_trains_and_evaluates(tmp_path):
     trainer.close()
     evals = [r for r in read_metrics(tmp_path / "run") if "eval/coco/AP" in r]
     assert [r["step"] for r in evals] == [3]
-    assert all(-1 <= evals[0][f"eval/coco/{k}"] <= 1 for k in ("AP", "AP50", "AR100"))
-    assert sorted(trainer.evals["coco"].evaluator.seen_image_ids) == list(range(1, 7))
-    assert list((tmp_path / "run" / "images").glob("coco_detections_*.png"))
-    # The same evaluator and loader score the ground truth itself as perfect.
     evaluator = trainer.evals["coco"].evaluator
-    oracle = CocoEvaluator(
-        evaluator.source, evaluator.transform,
-        lambda variables, batch: {"boxes": batch["boxes"], "scores": jnp.ones_like(batch["boxes"][..., 0]),
-                                  "labels": batch["labels"], "valid": batch["box_valid"]},
-        evaluator.source.coco, evaluator.source.image_ids, evaluator.source.label_to_category_id)
-    batches = make_eval_iterator(oracle.source, global_batch_size=4, transform=oracle.transform)
-    for batch in batches:
-        predictions = jax.tree.map(np.asarray, oracle.predict({}, batch))
-        keep = batch["valid"]
-        oracle.update({k: v[keep] for k, v in predictions.items()}, batch["index"][keep])
-    scores = oracle.result()
-    assert scores["AP"] == scores["AP50"] == 1.0, scores
+    assert sorted(evaluator.seen_image_ids) == list(range(1, 7))
+    assert list((tmp_path / "run" / "images").glob("coco_detections_*.png"))
+    # The same evaluator and loader score the ground truth, as RoIs with zero box deltas and its
+    # class's logit through the detector's last step (scores, NMS), as perfect.
+    m, num_classes = trainer.config.model, len(evaluator.label_to_category_id)
+    detect = jax.vmap(functools.partial(
+        rcnn.detect, score_thresh=m.box_score_thresh, nms_thresh=m.box_nms_thresh,
+        detections_per_img=m.box_detections_per_img))
+
+    def ground_truth_detections(batch):
+        logits = one_hot_logits(np.where(batch["box_valid"], batch["labels"], 0), num_classes + 1)
+        deltas = np.zeros((*logits.shape, 4), np.float32)
+        return detect(logits, deltas, batch["boxes"], batch["box_valid"], batch["image_hw"])
+
+    scores = oracle_scores(evaluator, ground_truth_detections)
+    assert scores["AP"] == scores["AR100"] == 1.0, scores
 
 
 def test_feature_pyramid_variant_trains_and_detects(tmp_path):

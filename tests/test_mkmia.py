@@ -25,6 +25,8 @@ from mlx_research.train.metrics import read_metrics
 from mlx_research.train.tasks.mkmia import Task, dictionary_tokens
 from mlx_research.train.trainer import Trainer
 from tests.configs import override
+from tests.numeric import reordered_sum_rtol
+from tests.report_scores import check_logged_scores
 
 MAX_LEN, BATCH = 24, 8
 
@@ -160,6 +162,7 @@ def np_layer_norm(x, p, eps=1e-6):
                                                            + eps) + p["beta"]
 
 
+@pytest.mark.slow
 def test_fusion_skips_studies_without_knowledge_and_masks_padding():
     """Row 1 has no valid knowledge token: its output is the final norm of its input (numpy),
     whatever the keys, with finite gradients; invalid keys of row 0 do not matter, valid ones do."""
@@ -215,21 +218,26 @@ def _with_priors(batch, vocab):
     return {**batch, "prior_tokens": prior_tokens}
 
 
+@pytest.mark.slow
 def test_trainer_runs_evaluates_and_compiles_once(trained):
     trainer, state, workdir = trained
     assert int(state.step) == 2 and int(state.bad_step) < 0
     assert trainer.train_step._cache_size() == 1
     rows = read_metrics(workdir)
-    terms = {"train/loss_ce", "train/loss_cos", "train/loss_con", "train/loss_kl"}
-    assert all(terms <= set(r) and np.isfinite([r[k] for k in terms]).all()
-               for r in rows if "train/loss" in r)
+    train, w = [r for r in rows if "train/loss" in r], trainer.config.loss
+    assert [r["step"] for r in train] == [1, 2]
+    for r in train:  # the logged total is the weighted sum of the logged terms
+        total = (r["train/loss_ce"] + w.w_cos * r["train/loss_cos"]
+                 + w.w_con * r["train/loss_con"] + w.w_kl * r["train/loss_kl"])
+        np.testing.assert_allclose(r["train/loss"], total, rtol=1e-6)
     scores = [r for r in rows if "eval/report/bleu_4" in r][-1]
-    for key in ("bleu_1", "rouge_l", "clinical_f1_macro", "clinical_f1_macro_abnormal"):
-        assert np.isfinite(scores[f"eval/report/{key}"]), key
     reports = json.loads((workdir / "eval" / "report" / "reports_00000002.json").read_text())
-    assert len(reports) == BATCH and all(isinstance(r["generated"], str) for r in reports)
+    assert len(reports) == BATCH
+    evaluator = trainer.evals["report"].evaluator
+    check_logged_scores(scores, reports, evaluator.observations, evaluator.abnormal)
 
 
+@pytest.mark.slow
 def test_studies_without_prior_give_finite_loss_and_gradients(trained):
     trainer, state, _ = trained
     batch = _train_batch(trainer)
@@ -239,15 +247,14 @@ def test_studies_without_prior_give_finite_loss_and_gradients(trained):
         new_state, metrics = trainer.train_step(copy, jax.device_put(batch,
                                                                      trainer.batch_sharding))
     assert trainer.train_step._cache_size() == 1
-    for key in ("loss", "grad_norm", "loss_ce", "loss_cos", "loss_con", "loss_kl"):
-        assert np.isfinite(metrics[key]), key
-    assert int(new_state.step) == 3 and int(new_state.bad_step) < 0
+    assert int(new_state.step) == 3 and int(new_state.bad_step) < 0  # loss and gradients finite
     weights = trainer.config.loss
     total = metrics["loss_ce"] + weights.w_cos * metrics["loss_cos"] + (
         weights.w_con * metrics["loss_con"] + weights.w_kl * metrics["loss_kl"])
     np.testing.assert_allclose(metrics["loss"], total, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_history_padding_is_masked_and_the_history_is_used(trained):
     trainer, state, _ = trained
     task, forward = trainer.task, _forward(trainer)
@@ -267,6 +274,7 @@ def test_history_padding_is_masked_and_the_history_is_used(trained):
     np.testing.assert_allclose(changed["logits"][1:], base["logits"][1:], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_greedy_generation_decodes_the_fused_memory(trained):
     """The evaluator's greedy tokens equal the argmax of teacher-forced logits on their own
     prefix, which read the knowledge-fused memory (dictionary and the batch's prior reports)."""
@@ -299,6 +307,7 @@ def test_bad_config_is_a_one_line_error(key, value, match):
 
 # ------------------------------------------------------------------ trainer
 
+@pytest.mark.slow
 def test_data_parallel_loss_equals_single_device(trained):
     """The first step from a fresh state: here on one device, in a subprocess on mesh data=8."""
     trainer = trained[0]
@@ -318,5 +327,8 @@ def test_data_parallel_loss_equals_single_device(trained):
         t.close()
     """)
     data8 = json.loads(out.splitlines()[-1])
+    # The layouts add the first conv's kernel gradient over 8 studies x 2 views x 24 x 24 pixels
+    # in different orders: float32 rounding allows about eps * sqrt(that) (tests/numeric.py).
+    rtol = reordered_sum_rtol(BATCH * 2 * 24 * 24)
     for key in ("loss", "grad_norm", "loss_ce", "loss_con", "loss_kl"):
-        np.testing.assert_allclose(data8[key], float(one[key]), rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(data8[key], float(one[key]), rtol=rtol, err_msg=key)

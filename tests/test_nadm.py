@@ -20,6 +20,8 @@ from mlx_research.models.report import nadm
 from mlx_research.models.report.abnormal_memory import abnormal_memory_loss, memory_assignment
 from mlx_research.testing import run_with_devices
 from tests.configs import override
+from tests.numeric import reordered_sum_rtol
+from tests.report_scores import check_logged_scores
 
 # ------------------------------------------------------------------ memory
 
@@ -158,6 +160,7 @@ def tiny_model():
     return model, {"params": params, "batch_stats": stats}, inputs, tokens
 
 
+@pytest.mark.slow
 def test_decoupling_gradient_paths_and_ablation_parameters(tiny_model):
     """Normal semantics never reach the visual network or the abnormal words; the report loss
     does not reach the visual network (reference), the abnormal semantics do."""
@@ -199,6 +202,7 @@ def test_decoupling_gradient_paths_and_ablation_parameters(tiny_model):
     assert variables["params"]["report_uncertainty"].shape == (5,)
 
 
+@pytest.mark.slow
 def test_greedy_generation_equals_teacher_forced_argmax(tiny_model):
     model, variables, inputs, _ = tiny_model
     images = inputs["images"]
@@ -242,6 +246,7 @@ def tiny_config(**overrides):
     return override(config, overrides)
 
 
+@pytest.mark.slow
 def test_trains_evaluates_compiles_once_and_data_parallel_equals_single_device(tmp_path):
     """runlocal end to end; then the first step from a fresh state (one device here) on a batch
     with abnormal studies, on a batch without, and under mesh data=8 (8 fake CPU devices in a
@@ -254,10 +259,11 @@ def test_trains_evaluates_compiles_once_and_data_parallel_equals_single_device(t
     trainer.train()
     rows = read_metrics(tmp_path)
     scores = [r for r in rows if "eval/report/bleu_4" in r][-1]
-    assert np.isfinite(scores["eval/report/clinical_f1_macro_abnormal"])
+    reports = json.loads((tmp_path / "eval" / "report" / "reports_00000002.json").read_text())
+    evaluator = trainer.evals["report"].evaluator
+    check_logged_scores(scores, reports, evaluator.observations, evaluator.abnormal)
     train = [r for r in rows if "train/loss_memory" in r]
-    assert len(train) == 2 and all(np.isfinite(r["train/loss"]) for r in train)
-    assert all(r["train/loss_weight"] == 8 for r in train)
+    assert len(train) == 2 and all(r["train/loss_weight"] == 8 for r in train)
 
     it = make_train_iterator(trainer.train_source, global_batch_size=8, seed=0,
                              transform=trainer.task.train_transform)
@@ -269,7 +275,11 @@ def test_trains_evaluates_compiles_once_and_data_parallel_equals_single_device(t
                                         jax.device_put(batch, trainer.batch_sharding))
         _, metrics = trainer.train_step(state, jax.device_put(normal, trainer.batch_sharding))
     assert float(one["loss_memory"]) > 0
-    assert float(metrics["loss_memory"]) == 0 and np.isfinite(float(metrics["loss"]))
+    assert float(metrics["loss_memory"]) == 0
+    w, parts = trainer.config.loss, {k: float(v) for k, v in metrics.items()}
+    total = (parts["loss_report"] + w.abnormal_weight * parts["loss_semantic_abnormal"]
+             + w.normal_weight * parts["loss_semantic_normal"])  # and no memory term
+    np.testing.assert_allclose(parts["loss"], total, rtol=1e-6)  # float32 sums: a few eps
     assert trainer.train_step._cache_size() == 1
     trainer.close()
 
@@ -289,8 +299,11 @@ def test_trains_evaluates_compiles_once_and_data_parallel_equals_single_device(t
         t.close()
     """)
     data8 = json.loads(out.strip().splitlines()[-1])
+    # The layouts add the first conv's kernel gradient over 8 x 28 x 28 pixels in different
+    # orders: float32 rounding allows about eps * sqrt(that) (tests/numeric.py).
+    rtol = reordered_sum_rtol(8 * 28 * 28)
     for key in ("loss", "grad_norm", "loss_memory", "loss_semantic_normal", "loss_report"):
-        np.testing.assert_allclose(data8[key], float(one[key]), rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(data8[key], float(one[key]), rtol=rtol, err_msg=key)
 
 
 @pytest.mark.parametrize("key,value,match", [

@@ -1,21 +1,20 @@
 """Tests for mlx_research.evaluation.nlg: pycocoevalcap's scores against independent formulas.
 
-BLEU, ROUGE-L and CIDEr-D are recomputed here from their definitions (as pycocoevalcap states
-them: corpus BLEU with clipped counts and the closest-reference brevity penalty, ROUGE-L LCS F
-with beta 1.2 over space-separated tokens, CIDEr-D with IDF from the references). METEOR needs
-Java: one test runs it where Java exists; the others hide or fake ``java``.
+BLEU, ROUGE-L and CIDEr-D are recomputed from their definitions as pycocoevalcap states them
+(BLEU and ROUGE-L in tests/report_scores.py; CIDEr-D here, with IDF from the references).
+METEOR needs Java: one test runs it where Java exists; the others hide or fake ``java``.
 """
 
 import math
 import os
 import shutil
 import time
-from collections import Counter
 
 import numpy as np
 import pytest
 
 from mlx_research.evaluation.nlg import SCORES, caption_scores
+from tests.report_scores import bleu, ngrams, rouge_l
 
 REFERENCES = [
     "the heart is normal in size . the lungs are clear .",
@@ -31,55 +30,11 @@ HYPOTHESES = [
 ]
 
 
-def _ngrams(words, k):
-    return Counter(tuple(words[i:i + k]) for i in range(len(words) - k + 1))
-
-
-def _bleu(references, hypotheses):
-    """Corpus BLEU-1..4 with pycocoevalcap's smoothing (1e-15 over 1e-9 for zero counts)."""
-    tiny, small = 1e-15, 1e-9
-    correct, guess = np.zeros(4), np.zeros(4)
-    hyp_len = ref_len = 0
-    for ref, hyp in zip(references, hypotheses):
-        ref_words, hyp_words = ref.split(), hyp.split()
-        hyp_len += len(hyp_words)
-        ref_len += len(ref_words)  # the closest of one reference is that reference
-        for k in range(1, 5):
-            ref_counts = _ngrams(ref_words, k)
-            correct[k - 1] += sum(min(c, ref_counts[g]) for g, c in _ngrams(hyp_words, k).items())
-            guess[k - 1] += max(0, len(hyp_words) - k + 1)
-    precision = (correct + tiny) / (guess + small)
-    ratio = (hyp_len + tiny) / (ref_len + small)
-    brevity = math.exp(1 - 1 / ratio) if ratio < 1 else 1.0
-    return [brevity * np.prod(precision[:k]) ** (1 / k) for k in range(1, 5)]
-
-
-def _lcs(a, b):
-    table = np.zeros((len(a) + 1, len(b) + 1), int)
-    for i, x in enumerate(a):
-        for j, y in enumerate(b):
-            if x == y:
-                table[i + 1, j + 1] = table[i, j] + 1
-            else:
-                table[i + 1, j + 1] = max(table[i, j + 1], table[i + 1, j])
-    return table[-1, -1]
-
-
-def _rouge_l(references, hypotheses, beta=1.2):
-    scores = []
-    for ref, hyp in zip(references, hypotheses):
-        ref_tokens, hyp_tokens = ref.split(" "), hyp.split(" ")
-        lcs = _lcs(ref_tokens, hyp_tokens)
-        p, r = lcs / len(hyp_tokens), lcs / len(ref_tokens)
-        scores.append((1 + beta**2) * p * r / (r + beta**2 * p) if p and r else 0.0)
-    return float(np.mean(scores))
-
-
 def _cider_d(references, hypotheses, sigma=6.0):
     """Dense tf-idf vectors per n; the length penalty uses the bigram counts (pycocoevalcap's
     length), which equal the word counts minus one for non-empty strings."""
     n_docs = len(references)
-    grams = [[_ngrams(s.split(), k) for k in range(1, 5)] for s in references + hypotheses]
+    grams = [[ngrams(s.split(), k) for k in range(1, 5)] for s in references + hypotheses]
     vocab = sorted({g for doc in grams for counts in doc for g in counts})
     index = {g: i for i, g in enumerate(vocab)}
 
@@ -105,9 +60,8 @@ def _cider_d(references, hypotheses, sigma=6.0):
 
 
 def _expected(references, hypotheses):
-    bleu = _bleu(references, hypotheses)
-    expected = {f"bleu_{k + 1}": b for k, b in enumerate(bleu)}
-    expected["rouge_l"] = _rouge_l(references, hypotheses)
+    expected = {f"bleu_{k + 1}": b for k, b in enumerate(bleu(references, hypotheses))}
+    expected["rouge_l"] = rouge_l(references, hypotheses)
     expected["cider"] = _cider_d(references, hypotheses)
     return expected
 
@@ -179,6 +133,7 @@ def _gone(pid):
     return False
 
 
+@pytest.mark.slow
 def test_hanging_java_times_out(monkeypatch, tmp_path, capsys):
     _fake_java(monkeypatch, tmp_path, f"echo $$ > {tmp_path}/pid\nexec sleep 60")
     start = time.monotonic()
@@ -190,6 +145,7 @@ def test_hanging_java_times_out(monkeypatch, tmp_path, capsys):
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs java")
+@pytest.mark.slow
 def test_meteor_runs_and_stays_in_step(capsys):
     """Hypotheses equal to their references but for line breaks, "|||" and spaces score 1.0;
     unsanitised, the line breaks would desynchronise METEOR's Java protocol."""

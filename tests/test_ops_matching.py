@@ -87,6 +87,7 @@ def _check_matching(cost, valid_rows, valid_cols, rows, cols, maximize, exact, o
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(("n", "m", "maximize"), [(5, 5, False), (4, 7, False), (7, 4, True)])
+@pytest.mark.slow
 def test_optimal_matching_vs_scipy(method, n, m, maximize):
     cost, padded, valid_rows, valid_cols, is_int = _problems(n * 10 + m, n, m)
     rows, cols = map(np.asarray, _batched(method, maximize)(padded, valid_rows, valid_cols))
@@ -148,6 +149,7 @@ def test_forbidden_pairs_and_masked_rows(method):
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.slow
 def test_nested_vmap_and_unbatched_mask(method):
     cost, _, _, valid_cols, is_int = _problems(11, 3, 4, batch=12)
     cost, valid_cols = cost.reshape(3, 4, 3, 4), valid_cols.reshape(3, 4, 4)

@@ -59,6 +59,7 @@ def test_nms_matches_greedy_reference_with_score_ties(n, tile_size, threshold):
     np.testing.assert_array_equal(kept(out), expected)
 
 
+@pytest.mark.slow
 def test_nms_jit_and_tile_size_do_not_change_the_result():
     rng = np.random.default_rng(1)
     boxes, scores = random_boxes(rng, 97), rng.uniform(size=97).astype(np.float32)
@@ -76,6 +77,7 @@ def test_identical_boxes_keep_only_the_best():
     np.testing.assert_array_equal(nms(boxes[:2], np.array([-0.0, 0.0], np.float32), 0.5), [0, -1])
 
 
+@pytest.mark.slow
 def test_negative_threshold_keeps_only_the_top_box():
     # Every IoU (>= 0) exceeds -1, so the first kept box suppresses everything else.
     boxes = random_boxes(np.random.default_rng(2), 20)

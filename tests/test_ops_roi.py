@@ -154,6 +154,7 @@ def test_roi_align_batch_index_chunks_and_jit(feat):
     assert diff[i] > 1e-3 and np.all(np.delete(diff, i) < 1e-5)
 
 
+@pytest.mark.slow
 def test_roi_align_gradient_is_the_kernel_adjoint():
     rng = np.random.default_rng(7)
     feat = rng.normal(size=(2, 4, 5, 1)).astype(np.float32)
@@ -191,6 +192,7 @@ def test_roi_pool_matches_kernel_reference(feat, scale, size):
     np.testing.assert_array_equal(np.asarray(out), expected.astype(np.float32))
 
 
+@pytest.mark.slow
 def test_roi_pool_bin_edges_rounding_and_special_values():
     feat = np.arange(2 * 20 * 24, dtype=np.float32).reshape(1, 20, 24, 2) % 23
     # Width 11 in 7 bins: 7 * float32(11 / 7) must round back to 11 (bin [17, 19), not [17, 20)).
@@ -228,6 +230,7 @@ def test_map_levels_follows_the_fpn_formula():
     assert [infer_scale(s, 256) for s in (64, 32, 16, 8, 90)] == [0.25, 0.125, 0.0625, 0.03125, 0.25]
 
 
+@pytest.mark.slow
 def test_multiscale_roi_align_pools_each_roi_from_its_level():
     rng = np.random.default_rng(13)
     image = (64, 80)

@@ -123,6 +123,7 @@ def test_lr_multipliers_dotted_regexes_first_match_wins():
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
+@pytest.mark.slow
 def test_frozen_parameters_never_move(name):
     params = group_params()
     config = optim(name=name, lr=0.1, schedule="constant", momentum=0.9, weight_decay=0.1,

@@ -150,6 +150,7 @@ def sharding_run():
     return json.loads(run_with_devices(_SHARDING_SNIPPET).strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_mesh_shapes_and_layout(sharding_run):
     expected = {"default": [8, 1, 1], "data": [8, 1, 1], "d2m4": [2, 4, 1], "d4m2": [4, 2, 1],
                 "d2m2s2": [2, 2, 2]}
@@ -163,6 +164,7 @@ def test_mesh_shapes_and_layout(sharding_run):
     assert sorted(ids[d][m][0] for d in range(2) for m in range(2)) == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_logical_shardings_and_placement(sharding_run):
     default, fsdp = sharding_run["default"], sharding_run["fsdp"]
     assert default["specs"] == {"kernel": "P(None, 'model')", "bias": "P('model',)",
@@ -177,6 +179,7 @@ def test_logical_shardings_and_placement(sharding_run):
     assert sharding_run["batch_shard_shape"] == [4, 3]
 
 
+@pytest.mark.slow
 def test_bytes_per_device_shrinks(sharding_run):
     kernel, bias, scale = 16 * 32 * 4, 32 * 4, 16 * 4
     assert sharding_run["bytes_replicated"] == kernel + bias + scale

@@ -18,6 +18,7 @@ from mlx_research.errors import ConfigError
 from mlx_research.models.seq2seq import Seq2SeqTransformer
 from mlx_research.testing import run_with_devices
 from mlx_research.train import config as config_lib
+from tests.numeric import reordered_sum_rtol
 
 LR = 0.5
 STEPS = 3
@@ -132,12 +133,16 @@ def run_case(name):
     grad_err = max(np.abs((a - b) / LR - g).max()
                    for a, b, g in zip(leaves(p0), leaves(p1), leaves(g0))) / scale
     moved = [(a - c, b - c) for a, b, c in zip(leaves(state.params), leaves(p), leaves(p0))]
+    move_scale = max(np.abs(b).max() for _, b in moved)
+    # float32 rounding of the parameters themselves (eps |p| per update), on the scales above.
+    param_eps = np.finfo(np.float32).eps * max(np.abs(x).max() for x in leaves(p0))
     out[name] = {
         "loss_rel": max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses)),
         "grad_norm_rel": max(abs(a - b) / b for a, b in zip(norms, ref_norms)),
         "grad_err": float(grad_err),
-        "update_err": float(max(np.abs(a - b).max() for a, b in moved)
-                            / max(np.abs(b).max() for _, b in moved)),
+        "grad_rounding": float(param_eps / LR / scale),
+        "update_err": float(max(np.abs(a - b).max() for a, b in moved) / move_scale),
+        "update_rounding": float(STEPS * param_eps / move_scale),
         "sharded_leaves": sum(x.sharding.shard_shape(x.shape) != x.shape
                               for x in jax.tree.leaves(state.params)),
     }
@@ -226,20 +231,27 @@ def parallel_run():
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.slow
 def test_parallel_training_matches_single_device(parallel_run, name):
     r = parallel_run[name]
-    assert r["loss_rel"] < 1e-5, r
-    assert r["grad_norm_rel"] < 1e-4, r
-    assert r["grad_err"] < 1e-4, r
-    assert r["update_err"] < 1e-4, r
+    # The layouts sum over the batch's 8 x 7 target tokens in different orders: float32 rounding
+    # allows about eps * sqrt(56) (tests/numeric.py). The gradient read back from p0 - p1 and the
+    # parameters' movement also carry the rounding of the parameters (eps |p| per update).
+    rtol = reordered_sum_rtol(8 * 7)
+    assert r["loss_rel"] < rtol, r
+    assert r["grad_norm_rel"] < rtol, r
+    assert r["grad_err"] < rtol + r["grad_rounding"], r
+    assert r["update_err"] < STEPS * rtol + r["update_rounding"], r
     assert r["sharded_leaves"] > 0 or name == "dp8", r
 
 
+@pytest.mark.slow
 def test_pipeline_checkpoint_restores_under_data_parallel(parallel_run):
     restore = parallel_run["restore"]
     assert restore == {"step": STEPS, "devices": 8, "max_diff": 0.0}
 
 
+@pytest.mark.slow
 def test_tensor_parallel_layer_needs_one_all_reduce_per_block(parallel_run):
     # Megatron: column-parallel Q/K/V and FFN-in, row-parallel out and FFN-out; the only
     # communication of a layer's forward is one all-reduce after attention and one after the FFN.
@@ -248,6 +260,7 @@ def test_tensor_parallel_layer_needs_one_all_reduce_per_block(parallel_run):
 
 
 @pytest.mark.parametrize("name", sorted(MEMORY_CASES))
+@pytest.mark.slow
 def test_param_and_optimizer_bytes_shrink(parallel_run, name):
     assert parallel_run["memory_" + name] <= 0.35
 
@@ -259,6 +272,7 @@ def _stack_layers(stack_params, num_layers):
             "norm": stack_params["norm"]}
 
 
+@pytest.mark.slow
 def test_pipelined_model_equals_per_layer_model():
     kw = dict(vocab_size=16, d_model=16, nhead=4, num_encoder_layers=2, num_decoder_layers=2,
               dim_feedforward=32, dropout=0.0)

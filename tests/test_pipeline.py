@@ -118,6 +118,7 @@ def pipeline_run():
 
 
 @pytest.mark.parametrize("name", sorted(_CONFIGS))
+@pytest.mark.slow
 def test_pipeline_matches_sequential_stages(pipeline_run, name):
     errors = pipeline_run[name]
     assert errors["forward"] < 1e-5
@@ -127,6 +128,7 @@ def test_pipeline_matches_sequential_stages(pipeline_run, name):
         assert errors["out_spec"].startswith("P('data'"), errors["out_spec"]
 
 
+@pytest.mark.slow
 def test_pipeline_gradients_finite_through_bubbles(pipeline_run):
     assert pipeline_run["norm_stage_grad_finite"]
 

@@ -22,6 +22,7 @@ from mlx_research.models.report.relational_memory import (
     RelationalMemory,
 )
 from mlx_research.testing import run_with_devices
+from tests.numeric import reordered_sum_rtol
 
 KW = dict(vocab_size=12, max_len=8, backbone="small_cnn", small_cnn_features=(8, 16, 32),
           d_model=16, d_ff=32, num_heads=2, num_layers=2, dropout=0.1, feature_dropout=0.5,
@@ -86,6 +87,7 @@ def np_norm(x, gamma, beta, eps=1e-6):
 
 # ------------------------------------------------------------------ building blocks
 
+@pytest.mark.slow
 def test_relational_memory_matches_numpy_recurrence():
     batch, length, slots, width = 2, 3, 3, 8
     module = RelationalMemory(num_slots=slots, num_heads=2, dropout=0.1)
@@ -102,6 +104,7 @@ def test_relational_memory_matches_numpy_recurrence():
     np.testing.assert_allclose(out, np.stack(expected, 1), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_conditional_and_plain_layer_norm_match_numpy():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 3, 8)).astype(np.float32) * 3 + 1
@@ -180,6 +183,7 @@ def full():
     return make_setup(True)
 
 
+@pytest.mark.slow
 def test_cached_decode_step_equals_teacher_forcing(setup):
     model, variables = setup.model, setup.variables
     encoded = setup.encode(variables, setup.x)
@@ -203,6 +207,7 @@ def test_cached_decode_step_equals_teacher_forcing(setup):
         assert cache["relational_memory"]["memory"].shape == (4, 3, 16)
 
 
+@pytest.mark.slow
 def test_greedy_and_beam_generation(full):
     model, variables = full.model, full.variables
     encoded = full.encode(variables, full.x)
@@ -258,6 +263,7 @@ def test_greedy_and_beam_generation(full):
     assert (beam_logp >= greedy_logp - 1e-5).all() and (beam_logp > greedy_logp + 1e-3).any()
 
 
+@pytest.mark.slow
 def test_padding_does_not_reach_real_positions(setup):
     model, variables = setup.model, setup.variables
     encoded = setup.encode(variables, setup.x)
@@ -284,6 +290,7 @@ def test_padding_does_not_reach_real_positions(setup):
     assert not np.allclose(after[:, 2], before[:, 2], atol=1e-3)  # the pad position itself moves
 
 
+@pytest.mark.slow
 def test_views_share_the_extractor(full):
     variables, two = full.variables, full.x
     dec = np.array([[BOS, 3, 4, 5, 0, 0], [BOS, 6, 7, 0, 0, 0]] * 2, np.int32)
@@ -300,6 +307,7 @@ def test_views_share_the_extractor(full):
     assert one.shape == (4, 16, 16) and np.isfinite(one).all()
 
 
+@pytest.mark.slow
 def test_training_gradients_are_finite_and_reach_every_module(full):
     model, variables = full.model, full.variables
     dec = np.array([[BOS, 3, 4, 5, 0, 0], [BOS, 6, 7, 8, 9, 0]] * 2, np.int32)
@@ -378,13 +386,16 @@ def max_diff(a, b):
 
 
 print(json.dumps({
-    "single": float(single), "sharded": float(value), "stats_diff": max_diff(stats, stats_tp),
+    "single": float(single), "sharded": float(value),
+    "stats_rel": max_diff(stats, stats_tp) / max(float(jnp.abs(s).max())
+                                                 for s in jax.tree.leaves(stats)),
     "specs": {"/".join(k.key for k in path): str(leaf.sharding.spec)
               for path, leaf in jax.tree_util.tree_leaves_with_path(placed["params"])},
 }))
 """
 
 
+@pytest.mark.slow
 def test_tensor_parallel_training_loss_equals_single_device(tmp_path):
     """Training-mode loss and batch statistics under mesh data=4 x model=2 (default rules) equal
     the single-device ones; attention heads, memory gates, MCLN MLPs and logits are sharded."""
@@ -392,8 +403,11 @@ def test_tensor_parallel_training_loss_equals_single_device(tmp_path):
     np.savez(path, **traverse_util.flatten_dict(memory_variables(), sep="/"))
     out = json.loads(run_with_devices(_TP_SNIPPET.replace("VARIABLES_PATH", repr(str(path))))
                      .strip().splitlines()[-1])
-    np.testing.assert_allclose(out["sharded"], out["single"], rtol=1e-5)
-    assert out["stats_diff"] < 1e-5
+    # Batch statistics average 8 x 2 views x 32 x 32 pixels, summed in a different order under
+    # the mesh: float32 rounding allows about eps * sqrt(that) (tests/numeric.py).
+    rtol = reordered_sum_rtol(8 * 2 * 32 * 32)
+    np.testing.assert_allclose(out["sharded"], out["single"], rtol=rtol)
+    assert out["stats_rel"] < rtol, out["stats_rel"]
     specs = out["specs"]
     assert specs["decoder_layers_0/self_attn/query/kernel"] == "P(None, 'model', None)"
     assert specs["relational_memory/cell/W/kernel"] == "P(None, 'model')"

@@ -14,6 +14,7 @@ from mlx_research.testing import run_with_devices
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.trainer import Trainer
 from tests.configs import override
+from tests.report_scores import check_logged_scores
 
 
 def tiny_config(**overrides):
@@ -35,6 +36,7 @@ def _eval_rows(workdir, step, name="report"):
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_synthetic_run_trains_scores_and_writes_reports(tmp_path):
     """The default evaluator "report" (test split) and an added one of the same kind, "val_greedy"
     (val split, greedy, 4 studies), each scored and written under its own name."""
@@ -44,18 +46,16 @@ def test_synthetic_run_trains_scores_and_writes_reports(tmp_path):
     trainer = Trainer(config, str(tmp_path))
     trainer.train()
     trainer.close()
-    rows = read_metrics(tmp_path)
-    scores = [r for r in rows if "eval/report/bleu_4" in r][-1]
-    for key in ("bleu_1", "bleu_4", "rouge_l", "cider", "clinical_f1_micro",
-                "clinical_f1_macro", "clinical_precision_macro", "clinical_recall_micro",
-                "clinical_f1_macro_abnormal"):
-        assert np.isfinite(scores[f"eval/report/{key}"]), key
-    assert [r["step"] for r in rows if "eval/val_greedy/bleu_4" in r] == [2]
+    metrics = read_metrics(tmp_path)
+    scores = [r for r in metrics if "eval/report/bleu_4" in r][-1]
+    assert [r["step"] for r in metrics if "eval/val_greedy/bleu_4" in r] == [2]
     for name, split, size in (("report", "test", 6), ("val_greedy", "val", 4)):
         studies = cxr.SyntheticCXR(size, image_size=32, views=2, seed=0, split=split)
         assert [r["id"] for r in _eval_rows(tmp_path, 2, name)] == [
             studies.study(i)["id"] for i in range(size)], name
     rows = _eval_rows(tmp_path, 2)
+    evaluator = trainer.evals["report"].evaluator
+    check_logged_scores(scores, rows, evaluator.observations, evaluator.abnormal)
     assert all(set(r) == {"id", "reference", "generated", "reference_labels",
                           "generated_labels"} for r in rows)
     assert list((tmp_path / "images").glob("report_reports_*.png"))
@@ -97,6 +97,7 @@ def _first_normal(evaluator):
                 if evaluator.studies.reference_labels(i).get("No Finding") == 1)
 
 
+@pytest.mark.slow
 def test_iu_xray_config_trains_and_evaluates_on_an_r2gen_folder(tmp_path):
     """experiments/report/r2gen_iu_xray.py:runlocal on a folder in R2Gen's layout."""
     from experiments.report.r2gen_iu_xray import get_config
@@ -139,10 +140,12 @@ def test_missing_folder_is_a_one_line_config_error(tmp_path):
         Trainer(config, str(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_data_and_tensor_parallel_loss_equals_single_device():
     """data = 4 x model = 2 on 8 fake devices: batch split 4 ways, heads/FFN/vocab 2 ways."""
     out = run_with_devices("""
         import tempfile, jax, numpy as np
+        from tests.numeric import reordered_sum_rtol
         from tests.test_report_task import tiny_config
         from mlx_research.data.pipeline import make_train_iterator
         from mlx_research.train.trainer import Trainer
@@ -160,8 +163,12 @@ def test_data_and_tensor_parallel_loss_equals_single_device():
                 _, metrics = t.train_step(t.fresh_state(0), batch)
             losses[name] = {k: float(v) for k, v in metrics.items()}
             t.close()
+        # The layouts add the first conv's kernel gradient over 8 studies x 2 views x 28 x 28
+        # pixels in different orders: float32 rounding allows about eps * sqrt(that)
+        # (tests/numeric.py).
+        rtol = reordered_sum_rtol(8 * 2 * 28 * 28)
         for key in ("loss", "grad_norm"):
-            np.testing.assert_allclose(losses["data4_model2"][key], losses["one"][key], rtol=1e-5)
+            np.testing.assert_allclose(losses["data4_model2"][key], losses["one"][key], rtol=rtol)
         print("ok", losses["one"]["loss"])
     """)
     assert out.startswith("ok")

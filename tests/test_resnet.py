@@ -151,6 +151,7 @@ def _synthetic_variables(variable_shapes, random_norms=False):
     )
 
 
+@pytest.mark.slow
 def test_resnet18_forward_matches_torch_stem_padding():
     model = resnet18()
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)

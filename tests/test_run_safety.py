@@ -9,6 +9,7 @@ import sys
 import ml_collections
 import pytest
 
+from mlx_research.config_checks import check_batch_divisible
 from mlx_research.errors import ConfigError
 from mlx_research.testing import REPO_ROOT
 from mlx_research.train import config as config_lib
@@ -37,6 +38,7 @@ def _assert_one_error_line(out, message):
     (f"{EXPERIMENT}:nosuch", "unknown preset 'nosuch'"),
     ("missing.py", "No such file or directory"),
 ])
+@pytest.mark.slow
 def test_bad_config_files_fail_with_one_line(tmp_path, config, message):
     (tmp_path / "bad_syntax.py").write_text("def get_config(:\n")
     (tmp_path / "notes.txt").write_text("hello\n")
@@ -52,6 +54,7 @@ def test_bad_config_files_fail_with_one_line(tmp_path, config, message):
     (["--step=3"], "--step applies to --mode=eval"),
     (["--mode=eval"], "no checkpoint to evaluate in"),
 ])
+@pytest.mark.slow
 def test_entry_point_misuse_fails_with_one_line(tmp_path, flags, message):
     workdir = [] if "--workdir=" in flags else [f"--workdir={tmp_path / 'run'}"]
     cmd = [sys.executable, "-m", "mlx_research.main", f"--config={EXPERIMENT}", *workdir, *flags]
@@ -70,6 +73,7 @@ def test_launch_help_and_empty_workdir():
     ("a_file", "Not a directory"),  # a file where the workdir should be: makedirs fails
     ("/sys/mlx_research_run", "Operation not permitted"),  # an unwritable file system
 ])
+@pytest.mark.slow
 def test_unusable_workdir_fails_with_one_line(tmp_path, workdir, message):
     (tmp_path / "a_file").write_text("x")
     path = workdir if workdir.startswith("/") else str(tmp_path / workdir / "run")
@@ -113,7 +117,7 @@ def test_config_ranges(key, value, message):
 def test_added_evaluator_errors_name_the_key(entry, message):
     config = tiny_config()
     config.evals.extra = ml_collections.ConfigDict(entry)
-    with pytest.raises(config_lib.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         config_lib.validate(config)
     assert str(e.value) == f"config: {message}"
 
@@ -128,18 +132,20 @@ def test_evaluator_fields_left_out_take_the_kind_defaults():
                                                 num_examples=512, beam_size=2, length_penalty=2.0)
     assert isinstance(config.evals.extra.length_penalty, float)  # the field's type
     config.evals.extra.batch_size = 6
-    with pytest.raises(config_lib.ConfigError) as e:
-        config_lib.check_batch_divisible(config, 4, "the 4 data devices")
+    with pytest.raises(ConfigError) as e:
+        check_batch_divisible(config, 4, "the 4 data devices")
     assert str(e.value) == (
         "config: evals.extra.batch_size = 6 is not divisible by the 4 data devices")
 
 
+@pytest.mark.slow
 def test_config_range_error_through_the_entry_point_before_any_work(tmp_path):
     out = _run(main_cmd(tmp_path, "--config.checkpoint.every_steps=0"))
     _assert_one_error_line(out, "'checkpoint.every_steps' must be >= 1, got 0")
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_second_run_on_a_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path):
     first = subprocess.Popen(main_cmd(tmp_path, total_steps=100000, every=100000), env=_env(),
                              cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -158,6 +164,7 @@ def test_second_run_on_a_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path
     assert json.loads((tmp_path / "config.json").read_text())["optim"]["lr"] != 0.1
 
 
+@pytest.mark.slow
 def test_sigterm_and_ctrl_c_save_and_exit_75(tmp_path):
     for signum in (signal.SIGTERM, signal.SIGINT):
         workdir = tmp_path / signum.name
@@ -168,12 +175,13 @@ def test_sigterm_and_ctrl_c_save_and_exit_75(tmp_path):
             if line.startswith("step") and int(line.split()[1].split("/")[0]) >= 3:
                 proc.send_signal(signum)
                 break
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate()
         assert proc.returncode == 75, err[-2000:]
         assert "preemption signal: saved checkpoint step" in out and "Traceback" not in err
         assert len(_steps(workdir)) == 1 and not (workdir / "lock").exists()
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_is_moved_aside_and_retrained(tmp_path):
     assert _run(main_cmd(tmp_path, total_steps=4, every=2)).returncode == 0
     data = max((p for p in (tmp_path / "checkpoints" / "4").rglob("*") if p.is_file()),
@@ -192,6 +200,7 @@ def test_corrupt_latest_checkpoint_is_moved_aside_and_retrained(tmp_path):
     assert out.returncode == 0 and "eval at step 4" in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_all_checkpoints_corrupt_is_one_error_line(tmp_path):
     assert _run(main_cmd(tmp_path, total_steps=4, every=2)).returncode == 0
     for f in (tmp_path / "checkpoints").rglob("*"):
@@ -203,6 +212,7 @@ def test_all_checkpoints_corrupt_is_one_error_line(tmp_path):
     assert lines[-1].startswith("error: none of the checkpoints [2, 4]") and len(lines) <= 5, lines
 
 
+@pytest.mark.slow
 def test_resume_with_changed_model_or_batch_size_is_refused(tmp_path):
     trainer = Trainer(tiny_config(total_steps=2), str(tmp_path))
     trainer.train()
@@ -226,6 +236,7 @@ def test_resume_with_changed_model_or_batch_size_is_refused(tmp_path):
     trainer.close()
 
 
+@pytest.mark.slow
 def test_exception_during_evaluation_keeps_the_checkpoint_being_written(tmp_path):
     config = tiny_config(total_steps=2, **{"evals.decode.every_steps": 2})
     config = _failing_eval(config)

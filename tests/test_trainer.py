@@ -27,6 +27,7 @@ from mlx_research.train.metrics import read_metrics
 from mlx_research.train.step import loss_and_grads
 from mlx_research.train.trainer import NonFiniteLossError, Trainer
 from mlx_research.tree import flatten
+from tests.numeric import reordered_sum_rtol
 
 EXPERIMENT = "experiments/seq2seq/reverse.py"
 PROBE_CONFIG = "tests/probe_task.py"  # EXPERIMENT on tests.probe_task (a second evaluator)
@@ -109,6 +110,7 @@ def assert_trees_equal(a, b, rtol=0.0):
             np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_trainer_learns_evaluates_checkpoints_and_compiles_once(tmp_path):
     config = tiny_config(total_steps=300, batch_size=32, log_every=100, write_images=True)
     config.model.update(d_model=32, dim_feedforward=64, dropout=0.0)
@@ -200,6 +202,7 @@ def _full_batch_token_mean_grad(trainer, params, batch):
 
 
 @pytest.mark.parametrize("accum", [2, 4])
+@pytest.mark.slow
 def test_gradient_accumulation_equals_full_batch_gradient(tmp_path, accum):
     config = tiny_config(total_steps=1, grad_accum_steps=accum, batch_size=8)
     config.data.update(task="copy", min_len=1, max_len=6)
@@ -227,6 +230,7 @@ def test_gradient_accumulation_equals_full_batch_gradient(tmp_path, accum):
 
 
 @pytest.mark.parametrize("rng_impl", ["threefry2x32", "hash32"])
+@pytest.mark.slow
 def test_dropout_rng_differs_per_step_and_replays_on_resume(tmp_path, rng_impl):
     def codes(workdir, total_steps):
         config = tiny_config(total_steps=total_steps, log_every=1, rng_impl=rng_impl)
@@ -263,6 +267,7 @@ def _index_scores(scores, n):
         "seen": n, "distinct": n, "min": 0, "max": n - 1, "mismatched": 0}
 
 
+@pytest.mark.slow
 def test_evaluator_sees_every_example_once(tmp_path):
     config = _as_task(tiny_config(), "tests.probe_task")
     config.evals.indices.update(batch_size=4, num_examples=13)  # 4 batches, the last 3 rows padded
@@ -284,6 +289,7 @@ def test_evaluator_sees_every_example_once(tmp_path):
     assert out.strip().endswith("ok")
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
     config = tiny_config(total_steps=2, compute_dtype="bfloat16")
     trainer = Trainer(config, str(tmp_path))
@@ -295,6 +301,7 @@ def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
     assert rows and all(np.isfinite(r["train/loss"]) for r in rows)
 
 
+@pytest.mark.slow
 def test_train_step_keeps_the_transformer_gradient_barriers_on_cpu(tmp_path):
     """`nn.barrier`: two barriers per residual (branch and sum), two residuals per encoder layer
     and three per decoder layer; XLA CPU drops them before fusion without the trainer's
@@ -314,6 +321,7 @@ def test_train_step_keeps_the_transformer_gradient_barriers_on_cpu(tmp_path):
     assert_trees_equal(states[0].params, states[1].params)
 
 
+@pytest.mark.slow
 def test_eval_mode_restores_a_chosen_step(tmp_path):
     cache = tmp_path / "xla_cache"  # main.py turns on the persistent compilation cache
     workdir = tmp_path / "run"
@@ -335,6 +343,7 @@ def test_eval_mode_restores_a_chosen_step(tmp_path):
         "error: --eval=nosuch: the config's evaluators (config.evals) are decode")
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_with_random_transform_is_bitwise_identical(tmp_path):
     total, augment = 40, "--config.data.relabel_symbols=True"
     ref = tmp_path / "uninterrupted"
@@ -369,6 +378,7 @@ def test_sigkill_and_resume_with_random_transform_is_bitwise_identical(tmp_path)
                                                jax.tree.leaves(restore_params(plain)[1])))
 
 
+@pytest.mark.slow
 def test_restore_across_device_counts(tmp_path):
     """1 device -> 8-device data-parallel mesh, and back, with equal values."""
     one = tmp_path / "one_device"
@@ -432,6 +442,7 @@ def _slurm_job_id():
     raise RuntimeError("no free port in jax's SLURM coordinator range")
 
 
+@pytest.mark.slow
 def test_slurm_launch_two_processes_train_evaluate_and_match_one_process(tmp_path):
     # SGD, not Adam: Adam rescales gradients that are pure rounding noise (e.g. the key bias,
     # which softmax ignores) to full-size steps, so its parameters cannot agree to a tolerance.
@@ -451,7 +462,7 @@ def test_slurm_launch_two_processes_train_evaluate_and_match_one_process(tmp_pat
     env = dict(_env(), PATH=f"{bin_dir}:{os.environ['PATH']}", MLX_PYTHON=sys.executable)
     cmd = ["./launch.sh", PROBE_CONFIG, f"--workdir={multi}", "--slurm", *TINY, *flags,
            "--config.total_steps=4", "--config.checkpoint.every_steps=4", "--config.log_every=1"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=400)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
     task_logs = [(logs / f"task{i}.log").read_text() for i in range(2)]
     assert out.returncode == 0, out.stderr[-2000:] + "\n".join(t[-3000:] for t in task_logs)
     assert "workdir" in task_logs[0] and "workdir" not in task_logs[1]  # only process 0 reports
@@ -466,13 +477,16 @@ def test_slurm_launch_two_processes_train_evaluate_and_match_one_process(tmp_pat
     _, params_single = restore_params(single)
     step, params_multi = restore_params(multi)
     assert step == 4
-    assert_trees_equal(params_single, params_multi, rtol=1e-5)
+    # Two processes sum the batch's 8 x 7 target tokens in another order than one: float32
+    # rounding allows about eps * sqrt(56) (tests/numeric.py).
+    assert_trees_equal(params_single, params_multi, rtol=reordered_sum_rtol(8 * 7))
     start = Trainer(tiny_config(), str(tmp_path / "fresh")).fresh_state(0).params
     moved = [np.abs(a - np.asarray(b)).max() for a, b in
              zip(jax.tree.leaves(params_single), jax.tree.leaves(start))]
     assert max(moved) > 1e-3  # the runs really trained
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     from mlx_research.train.config import default_config
 
@@ -495,6 +509,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
     config = tiny_config(total_steps=4)
     config.checkpoint.every_steps = 2
@@ -526,6 +541,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
         ("--config.evals.decode.beam_size=0", "'evals.decode.beam_size' must be >= 1, got 0"),
     ],
 )
+@pytest.mark.slow
 def test_bad_config_fails_with_one_line(tmp_path, flag, message):
     out = subprocess.run(main_cmd(tmp_path, flag), env=_env(), capture_output=True, text=True,
                          cwd=REPO_ROOT)
@@ -556,6 +572,7 @@ def test_validate_unknown_key_and_type():
         config_lib.validate(config)
 
 
+@pytest.mark.slow
 def test_init_from_round_trips_and_names_a_mis_shaped_key(tmp_path):
     source = tmp_path / "source"
     trainer = Trainer(tiny_config(total_steps=2), str(source))
@@ -588,6 +605,7 @@ def test_init_from_round_trips_and_names_a_mis_shaped_key(tmp_path):
         fresh_params(tmp_path / "bad.npz", prefix="encoder")
 
 
+@pytest.mark.slow
 def test_frozen_group_is_bitwise_unchanged_and_group_lrs_are_logged(tmp_path):
     config = tiny_config(total_steps=3, log_every=1)
     config.optim.frozen = ("^encoder/",)

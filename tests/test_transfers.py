@@ -23,6 +23,7 @@ def _nadm():
 
 
 @pytest.mark.parametrize("make_config", [_detr, _nadm], ids=["detr", "nadm"])
+@pytest.mark.slow
 def test_device_matcher_step_makes_no_transfer(tmp_path, make_config):
     trainer = Trainer(make_config(), str(tmp_path))
     state = trainer.fresh_state()

@@ -131,6 +131,7 @@ def test_encoder_layer_pre_and_post_ln_match_numpy(data):
     assert not np.allclose(out_post, out_pre, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_decoder_layer_pre_and_post_ln_match_numpy(data):
     tgt, mem, pos, qpos = data["tgt"], data["src"], data["pos"], data["qpos"]
     self_mask, cross_mask = data["causal"], data["pad"]
@@ -166,6 +167,7 @@ def test_mlp_block_gelu_matches_numpy(data):
     )
 
 
+@pytest.mark.slow
 def test_encoder_stack_specs_post_ln_and_dropout(data):
     x, pad = data["src"], data["pad"]
     enc = TransformerEncoder(num_layers=2, **SMALL, dropout=0.3)
@@ -229,6 +231,7 @@ def test_decoder_causal_padding_and_intermediate(data):
     np.testing.assert_allclose(run(tgt, padded), base, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_decoder_decode_cache_matches_causal_decoder(data):
     """Incremental decoding (self-attention cache, cross-attention recomputed) equals the causal
     decoder position by position, with query positions and memory padding."""
@@ -258,6 +261,7 @@ def test_decoder_decode_cache_matches_causal_decoder(data):
     np.testing.assert_allclose(np.concatenate(outs, axis=1), full(tgt), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_attention_implementation_reaches_dot_product_attention():
     """"xla" equals the default; "cudnn" reaches jax.nn.dot_product_attention, which refuses it
     on a CPU (float32, no cuDNN), so the stack passes the choice down to its layers."""

@@ -23,6 +23,7 @@ from mlx_research.testing import run_with_devices
 from mlx_research.train.metrics import read_metrics
 from mlx_research.train.trainer import Trainer
 from tests.configs import override
+from tests.detection_oracle import oracle_scores
 
 S, B, C = 4, 2, 3
 HW = (64, 96)  # (H, W): cells are 16 x 24 pixels
@@ -212,6 +213,7 @@ def test_decode_gives_pixel_boxes_and_nms_removes_the_duplicate():
                                                   (40, 8, 50, 24)], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_decode_nms_and_clipping_on_the_full_image():
     s, hw = 2, (64, 64)
     boxes = np.zeros((s, s, B, 4), np.float32)
@@ -253,22 +255,60 @@ def test_config_errors_name_the_key(tmp_path):
         Trainer(tiny_config(**{"model.conf_target": "half"}), str(tmp_path / "c"))
 
 
+@pytest.mark.slow
 def test_trains_and_evaluates_through_the_trainer(tmp_path):
-    trainer = Trainer(tiny_config(**{"model.head": "fc", "model.fc_hidden": 16}), str(tmp_path))
+    # One object per image at most: the ground-truth oracle below needs one object per cell.
+    trainer = Trainer(tiny_config(**{"model.head": "fc", "model.fc_hidden": 16,
+                                     "data.shapes_max_objects": 1}), str(tmp_path))
     state = trainer.train()
     trainer.close()
     assert int(state.step) == 2
     records = read_metrics(tmp_path)
-    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    train = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    for r in train:  # the loss is the sum of the paper's four (weighted) terms
+        terms = [r[f"train/{k}"] for k in ("coord", "conf_obj", "conf_noobj", "class")]
+        np.testing.assert_allclose(r["train/loss"], sum(terms), rtol=1e-6)
     evals = [r for r in records if "eval/coco/AP" in r]
     assert [r["step"] for r in evals] == [2]
-    assert -1 <= evals[0]["eval/coco/AP50"] <= 1
-    assert sorted(trainer.evals["coco"].evaluator.seen_image_ids) == [1, 2, 3, 4]
+    evaluator, task = trainer.evals["coco"].evaluator, trainer.task
+    assert sorted(evaluator.seen_image_ids) == [1, 2, 3, 4]
+    m = task.config.model
+    outputs = functools.partial(_ground_truth_as_outputs, grid=m.grid_size,
+                                boxes_per_cell=m.boxes_per_cell,
+                                num_classes=len(evaluator.label_to_category_id),
+                                input_hw=task.postprocess.input_hw)
+    scores = oracle_scores(evaluator, lambda batch: task.postprocess(outputs(batch), batch["image_hw"]))
+    assert scores["AP"] == scores["AR100"] == 1.0, scores
 
 
+def _ground_truth_as_outputs(batch, grid, boxes_per_cell, num_classes, input_hw):
+    """YOLO's raw outputs for the batch's ground truth (one object per cell): the first predictor
+    of the object's cell with confidence 1 and (x, y, sqrt w, sqrt h) as in the paper, one-hot
+    class probabilities."""
+    n, (h, w) = len(batch["boxes"]), input_hw
+    boxes = np.zeros((n, grid, grid, boxes_per_cell, 4), np.float32)
+    confidence = np.zeros((n, grid, grid, boxes_per_cell), np.float32)
+    probs = np.zeros((n, grid, grid, num_classes), np.float32)
+    for i in range(n):
+        for (x1, y1, x2, y2), label, valid in zip(batch["boxes"][i], batch["labels"][i],
+                                                  batch["box_valid"][i]):
+            if valid:
+                cx, cy = (x1 + x2) / 2 / (w / grid), (y1 + y2) / 2 / (h / grid)
+                row, col = min(int(cy), grid - 1), min(int(cx), grid - 1)
+                assert confidence[i, row, col, 0] == 0, "two objects in one cell"
+                boxes[i, row, col, 0] = (cx - col, cy - row, np.sqrt((x2 - x1) / w),
+                                         np.sqrt((y2 - y1) / h))
+                confidence[i, row, col, 0] = 1.0
+                probs[i, row, col, label - 1] = 1.0
+    return YoloPredictions(boxes, confidence, probs)
+
+
+@pytest.mark.slow
 def test_data_parallel_loss_equals_single_device():
     out = run_with_devices("""
         import tempfile, jax, numpy as np
+        from tests.numeric import reordered_sum_rtol
         from tests.test_yolo import tiny_config
         from mlx_research.data.pipeline import make_train_iterator
         from mlx_research.train.trainer import Trainer
@@ -285,8 +325,11 @@ def test_data_parallel_loss_equals_single_device():
                 _, metrics = t.train_step(t.fresh_state(0), batch)
             losses[name] = {k: float(v) for k, v in metrics.items()}
             t.close()
+        # The layouts add the first conv's kernel gradient over 8 x 64 x 64 pixels in different
+        # orders: float32 rounding allows about eps * sqrt(that) (tests/numeric.py).
+        rtol = reordered_sum_rtol(8 * 64 * 64)
         for key in ("loss", "coord", "conf_obj", "conf_noobj", "class", "grad_norm"):
-            np.testing.assert_allclose(losses["eight"][key], losses["one"][key], rtol=1e-5)
+            np.testing.assert_allclose(losses["eight"][key], losses["one"][key], rtol=rtol)
         print("ok", losses["one"]["loss"])
     """)
     assert out.startswith("ok")
