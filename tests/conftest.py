@@ -3,6 +3,7 @@
 - XLA's CPU backend optimisation level 0: tiny test programs compile ~3x faster.
 - A persistent compilation cache shared by this session's processes, so the subprocess runs of
   the trainer tests (same config, several processes) compile each program once.
+- The `slow` marker: ``./launch.sh test --fast`` leaves those tests out (the unit tier).
 """
 
 import os
@@ -17,7 +18,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def pytest_configure(config):
+    """Registers the `slow` marker."""
     config.addinivalue_line(
         "markers",
-        "slow: end-to-end runs through the trainer or the entry point, and subprocesses with "
-        "several fake devices (left out by ./launch.sh test --fast, i.e. -m 'not slow')")
+        "slow: runs through the trainer or the entry point, subprocesses with fake devices, and "
+        "unit tests that compile for seconds (./launch.sh test --fast runs -m 'not slow')")

@@ -3,7 +3,6 @@ batch on the device, it runs under ``jax.transfer_guard("disallow")`` (which doe
 handed a host batch)."""
 
 import jax
-import numpy as np
 import pytest
 
 from mlx_research.data.pipeline import to_global_batch
@@ -36,5 +35,5 @@ def test_device_matcher_step_makes_no_transfer(tmp_path, make_config):
             jax.block_until_ready(metrics)
             with pytest.raises(Exception, match="[Dd]isallowed host-to-device transfer"):
                 trainer.train_step(state, local)
-    assert np.isfinite(float(metrics["loss"]))
+    assert int(state.step) == 2 and int(state.bad_step) < 0  # both updates finite and applied
     trainer.close()
