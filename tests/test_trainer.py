@@ -148,7 +148,8 @@ def test_evaluators_run_at_their_own_steps_with_their_own_settings(tmp_path):
     same kind, "beam" (beam search 2, 8 examples, every 3 steps): each built from its own
     settings, run at its own steps and at the end, scored under its own name."""
     from mlx_research.data import seq2seq as data
-    from mlx_research.models.seq2seq import generate
+    from mlx_research.models.decoding import search
+    from mlx_research.models.seq2seq import make_step
 
     config = tiny_config(total_steps=7, **{"evals.decode.every_steps": 2})
     config.evals.beam = ml_collections.ConfigDict(
@@ -167,11 +168,13 @@ def test_evaluators_run_at_their_own_steps_with_their_own_settings(tmp_path):
     with trainer.mesh_context():
         predicted = loop.predict(variables, to_global_batch(batch, trainer.batch_sharding))
         correct = {}
+        max_len = batch["inputs"].shape[1] + 1
         for beam_size in (1, 2):
-            tokens = generate(trainer.task.model, variables, jnp.asarray(batch["inputs"]),
-                              max_len=batch["inputs"].shape[1] + 1, bos_id=data.BOS_ID,
-                              eos_id=data.EOS_ID, pad_id=data.PAD_ID, beam_size=beam_size,
-                              length_penalty=1.0)
+            step, cache = make_step(trainer.task.model, variables, jnp.asarray(batch["inputs"]),
+                                    max_len)
+            tokens = search(step, cache, beam_size, batch_size=len(batch["inputs"]),
+                            max_len=max_len, bos_id=data.BOS_ID, eos_id=data.EOS_ID,
+                            pad_id=data.PAD_ID, length_penalty=1.0)
             real = batch["targets"] != data.PAD_ID
             correct[beam_size] = (np.asarray(tokens) == batch["targets"]) & real
     trainer.close()
