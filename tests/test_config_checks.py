@@ -21,19 +21,14 @@ from mlx_research.config_checks import (
 from mlx_research.config_fields import ConfigField, config_field, config_fields
 from mlx_research.errors import ConfigError
 from mlx_research.train.tasks import get_task
+from tests.configs import override
 
 
 def _config(**fields):
     c = ml_collections.ConfigDict(dict(batch_size=24, grad_accum_steps=3))
     c.evals = ml_collections.ConfigDict(dict(val=dict(batch_size=8), test=dict(batch_size=16)))
     c.model = ml_collections.ConfigDict(dict(dropout=0.1, norm="batch"))
-    for key, value in fields.items():
-        *sections, name = key.split(".")
-        section = c
-        for part in sections:
-            section = section[part]
-        section[name] = value
-    return c
+    return override(c, fields)
 
 
 @pytest.mark.parametrize("value, ok", [
